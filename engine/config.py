@@ -1,0 +1,102 @@
+"""Hub configuration: a TOML file, or the embedded default (no file needed).
+
+The embedded default (``engine/default_hub.toml``) loads the example tasks that
+ship in the ``wasm_tasks`` package, so ``wasmyard run`` on a fresh machine has
+something to invoke.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import BadRequest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["HubSettings", "HubConfig", "load_config", "example_manifests", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "wasmyard"
+
+
+@dataclass
+class HubSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = field(default_factory=default_state_dir)
+    max_queue: int = 1024
+    max_in_flight: int = 64
+    memory_budget_mib: int = 2048
+    max_body_kib: int = 1024
+    inline_threshold_us: int = 500
+    workers: int = 0
+    history: int = 10_000
+
+    @property
+    def worker_threads(self) -> int:
+        return self.workers or max(4, 2 * (os.cpu_count() or 1))
+
+
+@dataclass
+class HubConfig:
+    hub: HubSettings = field(default_factory=HubSettings)
+    manifests: list[Path] = field(default_factory=list)
+
+
+def example_manifests() -> list[Path]:
+    """Manifests of the example tasks bundled with the package."""
+    root = Path(str(resources.files("wasm_tasks")))
+    return sorted(root.glob("*/task.toml"))
+
+
+def _settings(raw: dict[str, Any], base: Path) -> HubSettings:
+    known = {f.name: f for f in fields(HubSettings)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise BadRequest(f"unknown key(s) in [hub]: {', '.join(unknown)}")
+    settings = HubSettings()
+    for key, value in raw.items():
+        if key == "state_dir":
+            value = (base / os.path.expanduser(str(value))).resolve()
+        elif key != "host" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise BadRequest(f"[hub] {key} must be a non-negative integer, got {value!r}")
+        setattr(settings, key, value)
+    return settings
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> HubConfig:
+    """Read a hub config file; without a path, the embedded default."""
+    if path is None:
+        text = resources.files("engine").joinpath("default_hub.toml").read_text()
+        base = Path.cwd()
+    else:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise BadRequest(f"cannot read config {path}: {exc.strerror}") from None
+        base = path.parent
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadRequest(f"config {path or 'default'} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"hub", "tasks", "examples"})
+    if unknown:
+        raise BadRequest(f"unknown section(s) in config: {', '.join(unknown)}")
+    config = HubConfig(hub=_settings(raw.get("hub", {}), base))
+    if raw.get("examples", False):
+        config.manifests.extend(example_manifests())
+    for entry in raw.get("tasks", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("manifest"), str):
+            raise BadRequest("each [[tasks]] entry needs a 'manifest' path")
+        config.manifests.append((base / entry["manifest"]).resolve())
+    return config

@@ -1,0 +1,288 @@
+"""The coordinator: tasks, executions and the loop that runs them.
+
+Everything here runs on the event loop thread except ``_run``, which the
+scheduler sends either inline or to the worker pool.  The request path for a
+warm handler when nothing is queued is: look up the task, take a grant, run
+inline, record — no queue entry, no future, no thread hop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import HubSettings
+from .errors import (
+    Conflict,
+    ExecutionCancelled,
+    GuestError,
+    HostError,
+    InvalidManifest,
+    OutputTooLarge,
+    PayloadTooLarge,
+    TaskTimedOut,
+    UnknownExecution,
+    UnknownTask,
+    WasmyardError,
+)
+from .execution import Execution, History
+from .lifecycle import ExecutionState
+from .manifest import Manifest, parse_manifest
+from .metrics import Metrics
+from .resources import ResourceManager, TaskSlot
+from .runtime import CompiledTask, InstancePool, Outcome, WasmRuntime, run_command
+from .scheduler import Scheduler
+
+__all__ = ["Coordinator", "TaskEntry"]
+
+log = logging.getLogger("wasmyard.coordinator")
+S = ExecutionState
+
+
+@dataclass(eq=False)
+class TaskEntry:
+    compiled: CompiledTask
+    slot: TaskSlot
+    pool: InstancePool | None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.compiled.manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        info = self.manifest.to_dict()
+        info.update(
+            sha256=self.compiled.digest,
+            module_bytes=self.compiled.size,
+            in_flight=self.slot.in_flight,
+            runs=self.slot.runs,
+            placement_ewma_us=round(self.slot.ewma_s * 1e6, 1),
+        )
+        if self.pool is not None:
+            info["pool"] = {"idle": self.pool.idle, "created": self.pool.created, "recycled": self.pool.recycled}
+        return info
+
+
+def _state_for(error: WasmyardError | None) -> ExecutionState:
+    if error is None:
+        return S.SUCCEEDED
+    if isinstance(error, TaskTimedOut):
+        return S.TIMED_OUT
+    if isinstance(error, ExecutionCancelled):
+        return S.CANCELLED
+    return S.FAILED
+
+
+class Coordinator:
+    def __init__(self, settings: HubSettings | None = None, runtime: WasmRuntime | None = None) -> None:
+        self.settings = settings or HubSettings()
+        self.runtime = runtime or WasmRuntime(Path(self.settings.state_dir) / "modules")
+        self._own_runtime = runtime is None
+        self.resources = ResourceManager(self.settings.max_in_flight, self.settings.memory_budget_mib)
+        self.scheduler = Scheduler(self.resources, self.settings.max_queue, self.settings.inline_threshold_us / 1e6)
+        self.metrics = Metrics()
+        self.history = History(self.settings.history)
+        self.tasks: dict[str, TaskEntry] = {}
+        self._executor = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="wasmyard-exec")
+        self._running: set[Future[Outcome]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.metrics.gauge("wasmyard_queue_depth", "Executions waiting for a grant.", lambda: self.scheduler.depth)
+        self.metrics.gauge("wasmyard_in_flight", "Executions holding an environment.", lambda: self.resources.in_flight)
+        self.metrics.gauge("wasmyard_tasks", "Registered tasks.", lambda: len(self.tasks))
+
+    # -- tasks --------------------------------------------------------------
+
+    def register_compiled(self, compiled: CompiledTask) -> TaskEntry:
+        """Install (or atomically replace) a compiled task."""
+        manifest = compiled.manifest
+        self.resources.admit(manifest)
+        pool = InstancePool(compiled) if manifest.isolation == "pooled" else None
+        old = self.tasks.get(manifest.name)
+        # Running executions of a replaced version keep (and release) the old slot.
+        entry = TaskEntry(compiled, TaskSlot(manifest), pool)
+        self.tasks[manifest.name] = entry
+        if old is not None and old.pool is not None:
+            old.pool.close()
+        log.info("task registered name=%s kind=%s sha256=%s", manifest.name, manifest.kind, compiled.digest[:12])
+        return entry
+
+    def compile(self, manifest: Manifest, wasm: bytes) -> CompiledTask:
+        self.resources.admit(manifest)
+        return self.runtime.compile(manifest, wasm)
+
+    async def register(self, manifest: Manifest, wasm: bytes) -> TaskEntry:
+        """Validate and compile off the loop, then install."""
+        compiled = await asyncio.get_running_loop().run_in_executor(self._executor, self.compile, manifest, wasm)
+        return self.register_compiled(compiled)
+
+    def load_manifest_file(self, path: Path) -> TaskEntry:
+        manifest = parse_manifest(path.read_bytes(), "toml" if path.suffix == ".toml" else "json")
+        if not manifest.module:
+            raise InvalidManifest(f"{path}: 'module' is required in a manifest file")
+        return self.register_compiled(self.compile(manifest, (path.parent / manifest.module).read_bytes()))
+
+    def task(self, name: str) -> TaskEntry:
+        entry = self.tasks.get(name)
+        if entry is None:
+            raise UnknownTask(name)
+        return entry
+
+    def remove_task(self, name: str) -> None:
+        entry = self.tasks.pop(name, None)
+        if entry is None:
+            raise UnknownTask(name)
+        waiting = self.scheduler.drop_task(name)
+        waiting += [ex for ex in self.history.live(name) if self.scheduler.remove(ex.entry_id, name)]
+        for execution in waiting:
+            self._finish_unstarted(execution, S.CANCELLED, f"task {name!r} was removed")
+        if entry.pool is not None:
+            entry.pool.close()
+
+    # -- executions ---------------------------------------------------------
+
+    def submit(self, name: str, data: bytes, priority: int | None = None) -> Execution:
+        """Queue (or start at once) an execution; never waits for it."""
+        entry = self.tasks.get(name)
+        if entry is None:
+            raise UnknownTask(name)
+        limits = entry.manifest.limits
+        if len(data) > limits.max_input_kib << 10:
+            self.metrics.rejected_request("input_too_large")
+            raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of {limits.max_input_kib} KiB")
+        execution = Execution(name, data, entry.manifest.priority if priority is None else priority)
+        if self.scheduler.try_start_now(entry.slot):
+            self.history.add(execution)
+            self._start(entry, execution)
+            return execution
+        try:
+            execution.entry_id = self.scheduler.enqueue(execution, execution.priority)
+        except WasmyardError:
+            self.metrics.rejected_request("queue_full")
+            raise
+        self.history.add(execution)
+        return execution
+
+    async def invoke(self, name: str, data: bytes, priority: int | None = None) -> Execution:
+        execution = self.submit(name, data, priority)
+        if not execution.done:
+            await execution.wait()
+        return execution
+
+    def get(self, execution_id: str) -> Execution:
+        execution = self.history.get(execution_id)
+        if execution is None:
+            raise UnknownExecution(execution_id)
+        return execution
+
+    def cancel(self, execution_id: str) -> Execution:
+        execution = self.get(execution_id)
+        if execution.done:
+            raise Conflict(f"execution {execution_id} already ended ({execution.state})")
+        if execution.state is S.QUEUED:
+            if self.scheduler.remove(execution.entry_id, execution.task):
+                self._finish_unstarted(execution, S.CANCELLED, "cancelled while queued")
+            return execution
+        execution.cancel_requested = True
+        watch = execution.watch
+        if watch is not None:
+            watch.cancel_for = execution.id
+        return execution
+
+    # -- running ------------------------------------------------------------
+
+    def _start(self, entry: TaskEntry, execution: Execution) -> None:
+        execution.transition(S.RUNNING)
+        execution.started_ns = time.perf_counter_ns()
+        if self.scheduler.inline(entry.slot):
+            self._finish(entry, execution, self._run(entry, execution))
+            return
+        future = self._executor.submit(self._run, entry, execution)
+        self._running.add(future)
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished_in_thread, f, entry, execution))
+
+    def _finished_in_thread(self, future: Future[Outcome], entry: TaskEntry, execution: Execution) -> None:
+        self._running.discard(future)
+        try:
+            outcome = future.result()
+        except Exception as exc:  # a host bug: record it, keep serving
+            log.exception("execution crashed in the host task=%s id=%s", execution.task, execution.id)
+            outcome = Outcome(error=HostError(f"internal error while running task {execution.task!r}: {exc}"))
+        self._finish(entry, execution, outcome)
+
+    def _run(self, entry: TaskEntry, execution: Execution) -> Outcome:
+        """Runs inline or on a worker thread; touches no coordinator state."""
+        if execution.cancel_requested:
+            return Outcome(error=ExecutionCancelled("cancelled before it started"))
+        pool = entry.pool
+        if pool is None:
+            return run_command(entry.compiled, execution.input, execution.set_watch)
+        instance = pool.acquire()
+        execution.set_watch(instance.watch)
+        try:
+            outcome = instance.invoke(execution.input)
+        finally:
+            execution.watch = None
+        error = outcome.error
+        pool.release(instance, error is None or isinstance(error, (GuestError, OutputTooLarge)))
+        return outcome
+
+    def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
+        execution.finished_ns = time.perf_counter_ns()
+        duration_s = (execution.finished_ns - execution.started_ns) / 1e9
+        self.scheduler.record(entry.slot, duration_s)
+        execution.output = outcome.output
+        execution.error = outcome.error
+        execution.logs = outcome.logs
+        execution.exit_code = outcome.exit_code
+        execution.transition(_state_for(outcome.error))
+        self.metrics.execution_finished(execution.task, execution.state.value, duration_s)
+        self.history.finished(execution)
+        self.scheduler.release(entry.slot)
+        execution.notify()
+        self._pump()
+
+    def _finish_unstarted(self, execution: Execution, state: ExecutionState, reason: str) -> None:
+        execution.transition(state)
+        execution.error = ExecutionCancelled(reason)
+        self.metrics.execution_finished(execution.task, state.value, None)
+        self.history.finished(execution)
+        execution.notify()
+
+    def _pump(self) -> None:
+        """Start queued executions while grants are available."""
+        tasks = self.tasks
+        while True:
+            execution = self.scheduler.next_ready(self._slot_for)
+            if execution is None:
+                return
+            entry = tasks.get(execution.task)
+            self._start(entry, execution)  # type: ignore[arg-type]
+
+    def _slot_for(self, execution: Execution) -> TaskSlot:
+        return self.tasks[execution.task].slot
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in list(self._running):
+            try:
+                await asyncio.wrap_future(future)
+            except Exception:  # noqa: BLE001 - already recorded by the callback
+                pass
+        await asyncio.sleep(0)  # let the done-callbacks scheduled above run
+        self._executor.shutdown(wait=True)
+        for entry in self.tasks.values():
+            if entry.pool is not None:
+                entry.pool.close()
+        if self._own_runtime:
+            self.runtime.close()

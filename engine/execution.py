@@ -1,0 +1,137 @@
+"""One run of a task: its identity, state, input, output and timings."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+from .errors import WasmyardError
+from .lifecycle import TERMINAL, ExecutionState, check_transition
+
+__all__ = ["Execution", "History", "new_execution_id"]
+
+_BOOT = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_execution_id() -> str:
+    """Unique per hub and boot, cheap (no uuid4 on the hot path), sortable within a boot."""
+    return f"{_BOOT}-{next(_counter):08x}"
+
+
+class Execution:
+    __slots__ = (
+        "id", "task", "state", "input", "output", "error", "logs", "exit_code", "priority",
+        "entry_id", "created_at", "created_ns", "started_ns", "finished_ns", "watch",
+        "cancel_requested", "_future",
+    )
+
+    def __init__(self, task: str, data: bytes, priority: int) -> None:
+        self.id = new_execution_id()
+        self.task = task
+        self.state = ExecutionState.QUEUED
+        self.input = data
+        self.output = b""
+        self.error: WasmyardError | None = None
+        self.logs: list[tuple[str, str]] = []
+        self.exit_code: int | None = None
+        self.priority = priority
+        self.entry_id = 0
+        self.created_at = time.time()
+        self.created_ns = time.perf_counter_ns()
+        self.started_ns = 0
+        self.finished_ns = 0
+        self.watch: Any = None
+        self.cancel_requested = False
+        self._future: asyncio.Future[None] | None = None
+
+    def set_watch(self, watch: Any) -> None:
+        """Attach the running environment's Watch.  Called from the worker thread;
+        the re-check closes the window in which a cancel saw no Watch yet."""
+        watch.owner = self.id
+        self.watch = watch
+        if self.cancel_requested:
+            watch.cancel_for = self.id
+
+    def transition(self, new: ExecutionState) -> None:
+        check_transition(self.state, new)
+        self.state = new
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def duration_ms(self) -> float | None:
+        if not self.finished_ns or not self.started_ns:
+            return None
+        return (self.finished_ns - self.started_ns) / 1e6
+
+    async def wait(self) -> None:
+        """Wait until the execution reaches a terminal state."""
+        if self.done:
+            return
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._future)
+
+    def notify(self) -> None:
+        """Wake waiters; called once, when the execution becomes terminal."""
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def to_dict(self) -> dict[str, Any]:
+        queued_ms = (self.started_ns - self.created_ns) / 1e6 if self.started_ns else None
+        return {
+            "id": self.id,
+            "task": self.task,
+            "state": self.state.value,
+            "priority": self.priority,
+            "created_at": self.created_at,
+            "queued_ms": queued_ms,
+            "duration_ms": self.duration_ms,
+            "exit_code": self.exit_code,
+            "output_bytes": len(self.output),
+            "error": self.error.to_dict() if self.error is not None else None,
+            "logs": [{"stream": s, "line": line} for s, line in self.logs],
+        }
+
+
+class History:
+    """Recent executions by id, bounded by count and by retained output bytes."""
+
+    def __init__(self, max_items: int = 10_000, max_bytes: int = 64 << 20) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Execution] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, execution: Execution) -> None:
+        self._items[execution.id] = execution
+
+    def get(self, execution_id: str) -> Execution | None:
+        return self._items.get(execution_id)
+
+    def finished(self, execution: Execution) -> None:
+        """Account a terminal execution's output, then evict the oldest finished ones."""
+        execution.input = b""
+        self._bytes += len(execution.output)
+        items = self._items
+        while len(items) > self.max_items or self._bytes > self.max_bytes:
+            for key, old in items.items():
+                if old.done:
+                    break
+            else:
+                return
+            del items[key]
+            self._bytes -= len(old.output)
+
+    def live(self, task: str) -> list[Execution]:
+        """Executions of ``task`` that have not ended yet."""
+        return [ex for ex in self._items.values() if ex.task == task and not ex.done]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,200 @@
+"""The HTTP interface: invoke tasks, read executions, manage tasks.
+
+Language-independent on purpose: the body of ``POST /tasks/{name}/invoke`` is
+the task's input as raw bytes and the response body is its output, so any
+client that can send an HTTP request can use a task.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+import fastpath
+
+from ..coordinator import Coordinator
+from ..errors import BadRequest, InvalidManifest, NotFinished, PayloadTooLarge
+from ..execution import Execution
+from ..manifest import decode_manifest, manifest_from_dict
+from .errors import error_middleware, error_response
+
+__all__ = ["create_app", "COORDINATOR", "MAX_MODULE_BYTES"]
+
+COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
+MAX_MODULE_BYTES = 64 << 20
+OPENAPI = resources.files("engine.http").joinpath("openapi.json").read_bytes()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json", headers=headers)
+
+
+def _execution_headers(ex: Execution) -> dict[str, str]:
+    headers = {"X-Wasmyard-Execution-Id": ex.id, "X-Wasmyard-Status": ex.state.value}
+    duration = ex.duration_ms
+    if duration is not None:
+        headers["X-Wasmyard-Duration-Ms"] = f"{duration:.3f}"
+    if ex.exit_code is not None:
+        headers["X-Wasmyard-Exit-Code"] = str(ex.exit_code)
+    return headers
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; 413 as soon as the body is known to be larger."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes is over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _priority(request: web.Request) -> int | None:
+    raw = request.query.get("priority")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"priority must be an integer, got {raw!r}") from None
+
+
+class Handlers:
+    def __init__(self, coordinator: Coordinator, max_body: int) -> None:
+        self.co = coordinator
+        self.max_body = max_body
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        data = await _read_body(request, self.max_body)
+        mode = request.query.get("mode", "sync")
+        if mode == "async":
+            ex = self.co.submit(name, data, _priority(request))
+            return _json(
+                {"id": ex.id, "state": ex.state.value, "status_url": f"/executions/{ex.id}"},
+                status=202,
+                headers={"X-Wasmyard-Execution-Id": ex.id, "Location": f"/executions/{ex.id}"},
+            )
+        if mode != "sync":
+            raise BadRequest(f"mode must be 'sync' or 'async', got {mode!r}")
+        ex = await self.co.invoke(name, data, _priority(request))
+        if ex.error is not None:
+            return error_response(ex.error, _execution_headers(ex))
+        return web.Response(body=ex.output, content_type="application/octet-stream", headers=_execution_headers(ex))
+
+    async def get_execution(self, request: web.Request) -> web.Response:
+        return _json(self.co.get(request.match_info["id"]).to_dict())
+
+    async def get_output(self, request: web.Request) -> web.Response:
+        ex = self.co.get(request.match_info["id"])
+        if not ex.done:
+            return error_response(NotFinished(f"execution {ex.id} is still {ex.state}"), _execution_headers(ex))
+        if ex.error is not None:
+            return error_response(ex.error, _execution_headers(ex))
+        return web.Response(body=ex.output, content_type="application/octet-stream", headers=_execution_headers(ex))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        ex = self.co.cancel(request.match_info["id"])
+        return _json(ex.to_dict(), status=200 if ex.done else 202)
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        return _json({"tasks": [entry.to_dict() for _, entry in sorted(self.co.tasks.items())]})
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        return _json(self.co.task(request.match_info["name"]).to_dict())
+
+    async def put_task(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        raw, wasm = await _task_upload(request)
+        if not isinstance(raw, dict):
+            raise InvalidManifest("a manifest must be a table/object")
+        raw.setdefault("name", name)
+        if raw["name"] != name:
+            raise InvalidManifest(f"manifest name {raw['name']!r} does not match the URL's {name!r}")
+        raw.pop("module", None)
+        existed = name in self.co.tasks
+        entry = await self.co.register(manifest_from_dict(raw), wasm)
+        return _json(entry.to_dict(), status=200 if existed else 201)
+
+    async def delete_task(self, request: web.Request) -> web.Response:
+        self.co.remove_task(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "status": "ok",
+                "tasks": len(self.co.tasks),
+                "in_flight": self.co.resources.in_flight,
+                "queue_depth": self.co.scheduler.depth,
+                "fastpath": fastpath.IMPLEMENTATION,
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.co.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI, content_type="application/json")
+
+
+async def _task_upload(request: web.Request) -> tuple[Any, bytes]:
+    """Manifest document and module bytes from multipart or JSON (base64 module)."""
+    if request.content_type.startswith("multipart/"):
+        raw: Any = None
+        wasm: bytes | None = None
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "manifest":
+                text = await part.read(decode=True)
+                raw = decode_manifest(bytes(text))
+            elif part.name == "module":
+                wasm = bytes(await part.read(decode=True))
+            else:
+                raise BadRequest(f"unexpected multipart field {part.name!r}; send 'manifest' and 'module'")
+        if raw is None or wasm is None:
+            raise BadRequest("multipart upload needs a 'manifest' part and a 'module' part")
+        return raw, wasm
+    body = await _read_body(request, MAX_MODULE_BYTES * 2)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or "module_base64" not in doc or "manifest" not in doc:
+        raise BadRequest("JSON upload needs 'manifest' (object or TOML/JSON text) and 'module_base64'")
+    manifest = doc["manifest"]
+    if isinstance(manifest, str):
+        manifest = decode_manifest(manifest)
+    try:
+        wasm = base64.b64decode(doc["module_base64"], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise BadRequest("module_base64 is not valid base64") from None
+    return manifest, wasm
+
+
+def create_app(coordinator: Coordinator) -> web.Application:
+    max_body = coordinator.settings.max_body_kib << 10
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_MODULE_BYTES * 2)
+    app[COORDINATOR] = coordinator
+    h = Handlers(coordinator, max_body)
+    app.router.add_post("/tasks/{name}/invoke", h.invoke)
+    app.router.add_get("/executions/{id}", h.get_execution)
+    app.router.add_get("/executions/{id}/output", h.get_output)
+    app.router.add_delete("/executions/{id}", h.cancel)
+    app.router.add_get("/tasks", h.list_tasks)
+    app.router.add_get("/tasks/{name}", h.get_task)
+    app.router.add_put("/tasks/{name}", h.put_task)
+    app.router.add_delete("/tasks/{name}", h.delete_task)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/openapi.json", h.openapi)
+    return app
