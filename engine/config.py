@@ -54,8 +54,9 @@ class HubConfig:
 
 def example_manifests() -> list[Path]:
     """Manifests of the example tasks bundled with the package."""
-    root = Path(str(resources.files("wasm_tasks")))
-    return sorted(root.glob("*/task.toml"))
+    import wasm_tasks
+
+    return sorted(p for root in wasm_tasks.__path__ for p in Path(root).glob("*/task.toml"))
 
 
 def _settings(raw: dict[str, Any], base: Path) -> HubSettings:
