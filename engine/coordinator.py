@@ -218,6 +218,13 @@ class Coordinator:
 
     def _run(self, entry: TaskEntry, execution: Execution) -> Outcome:
         """Runs inline or on a worker thread; touches no coordinator state."""
+        started = time.perf_counter()
+        outcome = self._run_environment(entry, execution)
+        outcome.run_s = time.perf_counter() - started
+        return outcome
+
+    @staticmethod
+    def _run_environment(entry: TaskEntry, execution: Execution) -> Outcome:
         if execution.cancel_requested:
             return Outcome(error=ExecutionCancelled("cancelled before it started"))
         pool = entry.pool
@@ -236,7 +243,7 @@ class Coordinator:
     def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
         execution.finished_ns = time.perf_counter_ns()
         duration_s = (execution.finished_ns - execution.started_ns) / 1e9
-        self.scheduler.record(entry.slot, duration_s)
+        self.scheduler.record(entry.slot, outcome.run_s)
         execution.output = outcome.output
         execution.error = outcome.error
         execution.logs = outcome.logs

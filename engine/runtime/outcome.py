@@ -13,7 +13,7 @@ class Outcome:
     for the coordinator, which records it and serves the next request.
     """
 
-    __slots__ = ("output", "error", "logs", "exit_code", "dropped_logs")
+    __slots__ = ("output", "error", "logs", "exit_code", "dropped_logs", "run_s")
 
     def __init__(
         self,
@@ -28,6 +28,7 @@ class Outcome:
         self.logs = logs if logs is not None else []
         self.exit_code = exit_code
         self.dropped_logs = dropped_logs
+        self.run_s = 0.0  # time inside the environment, without queueing or thread hops
 
     @property
     def ok(self) -> bool:

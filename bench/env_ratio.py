@@ -1,0 +1,133 @@
+"""Fresh execution environments: the coordinator's cost vs plain wasmtime-py.
+
+    .venv/bin/python bench/env_ratio.py [--n 2000]
+
+Both sides build the same thing from the same compiled module (the echo
+example): a Store with a memory limit, a WASI config with stdin/stdout/stderr
+files, an instance.  The coordinator's side adds what isolation needs — the
+watchdog's epoch callback and its scratch-file reset — and goes through
+``InstancePre``; the plain side is what a wasmtime-py user would write.  The
+second table times a whole ``command`` execution (environment + ``_start``
++ reading the output) both ways.  Ratios are from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import wasmtime
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.manifest import parse_manifest  # noqa: E402
+from engine.runtime import WasmRuntime, run_command  # noqa: E402
+from engine.runtime import watchdog  # noqa: E402
+from engine.runtime.command import _scratch  # noqa: E402
+
+ECHO = ROOT / "wasm_tasks" / "echo"
+
+
+def best_of(fn, n: int, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t) / n)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 300 if args.quick else args.n
+
+    manifest = parse_manifest((ECHO / "task.toml").read_bytes())
+    wasm = (ECHO / manifest.module).read_bytes()  # type: ignore[operator]
+    runtime = WasmRuntime(Path(tempfile.mkdtemp()))
+    task = runtime.compile(manifest, wasm)
+    scratch = _scratch()
+    payload = b'{"device":"t-17","celsius":21.5}'
+
+    def ours_env() -> None:
+        scratch.prepare(payload)
+        store = wasmtime.Store(task.engine)
+        watch = watchdog.install(store)
+        store.set_limits(memory_size=manifest.limits.memory_bytes)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [manifest.name]
+        wasi.stdin_file = scratch.stdin
+        wasi.stdout_file = scratch.stdout
+        wasi.stderr_file = scratch.stderr
+        store.set_wasi(wasi)
+        task.pre.instantiate(store)
+        watch.close()
+        store.close()
+
+    # Plain wasmtime-py: its own engine (epochs on, like ours), linker, module.
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.define_func("wasmyard", "log", wasmtime.FuncType([wasmtime.ValType.i32()] * 3, []), lambda *a: None)
+    module = wasmtime.Module(engine, wasm)
+    tmp = Path(tempfile.mkdtemp())
+    stdin, stdout, stderr = (str(tmp / n) for n in ("in", "out", "err"))
+    Path(stdin).write_bytes(payload)
+
+    def plain_env() -> wasmtime.Instance:
+        store = wasmtime.Store(engine)
+        store.set_epoch_deadline(1 << 40)
+        store.set_limits(memory_size=manifest.limits.memory_bytes)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [manifest.name]
+        wasi.stdin_file = stdin
+        wasi.stdout_file = stdout
+        wasi.stderr_file = stderr
+        store.set_wasi(wasi)
+        instance = linker.instantiate(store, module)
+        store.close()
+        return instance
+
+    def ours_exec() -> None:
+        outcome = run_command(task, payload)
+        assert outcome.output == payload, outcome.error
+
+    def plain_exec() -> None:
+        store = wasmtime.Store(engine)
+        store.set_epoch_deadline(1 << 40)
+        store.set_limits(memory_size=manifest.limits.memory_bytes)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdin_file = stdin
+        wasi.stdout_file = stdout
+        wasi.stderr_file = stderr
+        store.set_wasi(wasi)
+        instance = linker.instantiate(store, module)
+        instance.exports(store)["_start"](store)
+        with open(stdout, "rb") as f:
+            assert f.read() == payload
+        store.close()
+
+    rows = []
+    for label, ours, plain in (("fresh environment", ours_env, plain_env), ("whole command execution", ours_exec, plain_exec)):
+        a, b = best_of(ours, n), best_of(plain, n)
+        rows.append((label, a, b))
+    runtime.close()
+    print(f"\nfresh execution environments (echo example, best of 5 × {n})")
+    print(f"{'what':<26} {'wasmyard µs':>12} {'wasmtime-py µs':>15} {'ratio':>7}")
+    for label, a, b in rows:
+        print(f"{label:<26} {a * 1e6:>12.1f} {b * 1e6:>15.1f} {a / b:>6.2f}×")
+    print("ratio = wasmyard time / plain wasmtime-py time (lower is better)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
