@@ -1,0 +1,1 @@
+"""Example task data (manifests, built .wasm modules, the C SDK header) shipped with wasmyard; no Python code lives here."""
