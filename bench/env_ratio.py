@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from engine.manifest import parse_manifest  # noqa: E402
 from engine.runtime import WasmRuntime, run_command  # noqa: E402
 from engine.runtime import watchdog  # noqa: E402
+from engine.runtime.capi import set_stdin_bytes  # noqa: E402
 from engine.runtime.command import _scratch  # noqa: E402
 
 ECHO = ROOT / "wasm_tasks" / "echo"
@@ -57,13 +58,12 @@ def main() -> int:
     payload = b'{"device":"t-17","celsius":21.5}'
 
     def ours_env() -> None:
-        scratch.prepare(payload)
         store = wasmtime.Store(task.engine)
         watch = watchdog.install(store)
         store.set_limits(memory_size=manifest.limits.memory_bytes)
         wasi = wasmtime.WasiConfig()
         wasi.argv = [manifest.name]
-        wasi.stdin_file = scratch.stdin
+        set_stdin_bytes(wasi, payload)
         wasi.stdout_file = scratch.stdout
         wasi.stderr_file = scratch.stderr
         store.set_wasi(wasi)

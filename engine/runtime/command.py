@@ -1,9 +1,9 @@
 """``command`` tasks: a fresh WASI environment per execution.
 
 Input is the guest's stdin, stdout is the output, stderr becomes log lines, the
-exit code is the status.  Stdio goes through files (pipes and ``stdout_custom``
-callbacks were unreliable in wasmtime-py); each worker thread reuses its own
-three scratch files, so an execution costs no directory churn.  The watchdog
+exit code is the status.  Stdin is served from memory; stdout and stderr go
+through files (``stdout_custom`` callbacks were unreliable in wasmtime-py),
+two per worker thread, reused, so an execution costs no directory churn.  The watchdog
 checks the stdout file's size at every tick, so a guest that floods its output
 is stopped close to its limit instead of filling the disk.
 """
@@ -18,6 +18,7 @@ import wasmtime
 
 from ..errors import OutputTooLarge, TaskExited
 from . import host, watchdog
+from .capi import set_stdin_bytes
 from .compiled import CompiledTask
 from .faults import classify
 from .outcome import Outcome
@@ -30,20 +31,13 @@ _local = threading.local()
 
 
 class _Scratch:
-    """One thread's stdin/stdout/stderr files, reused across executions."""
+    """One thread's stdout/stderr files, reused across executions (WASI
+    truncates them when it opens them; stdin is served from memory)."""
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="wasmyard-", dir=_SCRATCH_ROOT)
-        self.stdin = os.path.join(self.dir, "stdin")
         self.stdout = os.path.join(self.dir, "stdout")
         self.stderr = os.path.join(self.dir, "stderr")
-
-    def prepare(self, data: bytes) -> None:
-        with open(self.stdin, "wb") as f:
-            f.write(data)
-        for path in (self.stdout, self.stderr):
-            with open(path, "wb"):
-                pass
 
 
 def _scratch() -> _Scratch:
@@ -64,7 +58,6 @@ def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Wa
     manifest = task.manifest
     limits = manifest.limits
     scratch = _scratch()
-    scratch.prepare(data)
     store = wasmtime.Store(task.engine)
     watch = watchdog.install(store)
     if on_watch is not None:
@@ -78,7 +71,7 @@ def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Wa
             store.set_fuel(limits.fuel)
         wasi = wasmtime.WasiConfig()
         wasi.argv = [manifest.name]
-        wasi.stdin_file = scratch.stdin
+        set_stdin_bytes(wasi, data)
         wasi.stdout_file = scratch.stdout
         wasi.stderr_file = scratch.stderr
         if manifest.permissions.env:

@@ -20,27 +20,14 @@ import time
 from typing import Callable
 
 import wasmtime
-from wasmtime import _ffi
+
+from .capi import DEADLINE_CALLBACK_T, error_new, set_epoch_deadline_callback
 
 __all__ = ["Watch", "Ticker", "install", "TICK_S"]
 
 TICK_S = 0.005
 """Epoch period: timeouts and cancellation take effect within one tick."""
 
-_CALLBACK_T = ctypes.CFUNCTYPE(
-    ctypes.c_void_p,  # wasmtime_error_t* (NULL: keep running)
-    ctypes.c_void_p,  # wasmtime_context_t*
-    ctypes.c_void_p,  # void* data (our key)
-    ctypes.POINTER(ctypes.c_uint64),  # epoch_deadline_delta out
-    ctypes.POINTER(ctypes.c_uint8),  # wasmtime_update_deadline_kind_t out
-)
-_dll = _ffi.dll
-_set_callback = _dll.wasmtime_store_epoch_deadline_callback
-_set_callback.argtypes = [ctypes.c_void_p, _CALLBACK_T, ctypes.c_void_p, ctypes.c_void_p]
-_set_callback.restype = None
-_error_new = _dll.wasmtime_error_new
-_error_new.argtypes = [ctypes.c_char_p]
-_error_new.restype = ctypes.c_void_p
 
 
 class Watch:
@@ -93,20 +80,20 @@ def _on_deadline(_ctx, data, delta, kind):  # type: ignore[no-untyped-def]
         elif watch.check is not None and watch.check():
             watch.reason = "output"
         if watch.reason is not None:
-            return _error_new(f"wasmyard: execution stopped ({watch.reason})".encode())
+            return error_new(f"wasmyard: execution stopped ({watch.reason})".encode())
     delta[0] = 1
     kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
     return None
 
 
-_CALLBACK = _CALLBACK_T(_on_deadline)  # kept alive for the life of the process
+_CALLBACK = DEADLINE_CALLBACK_T(_on_deadline)  # kept alive for the life of the process
 
 
 def install(store: wasmtime.Store) -> Watch:
     """Attach a new ``Watch`` to ``store``; close it with the store."""
     watch = Watch()
     _WATCHES[watch.key] = watch
-    _set_callback(ctypes.cast(store.ptr(), ctypes.c_void_p), _CALLBACK, ctypes.c_void_p(watch.key), None)
+    set_epoch_deadline_callback(ctypes.cast(store.ptr(), ctypes.c_void_p), _CALLBACK, ctypes.c_void_p(watch.key), None)
     store.set_epoch_deadline(1)
     return watch
 
