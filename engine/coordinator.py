@@ -34,10 +34,14 @@ from .lifecycle import ExecutionState
 from .manifest import Manifest, parse_manifest
 from .metrics import Metrics
 from .resources import ResourceManager, TaskSlot
-from .runtime import CompiledTask, InstancePool, Outcome, WasmRuntime, run_command
+from .runtime import CompiledTask, InstancePool, Outcome, WasmRuntime, host, run_command
+from .runtime.host import Sink
 from .scheduler import Scheduler
 
-__all__ = ["Coordinator", "TaskEntry"]
+__all__ = ["Coordinator", "TaskEntry", "MAX_INVOKE_DEPTH"]
+
+MAX_INVOKE_DEPTH = 4
+"""How deep ``wasmyard.invoke`` may nest (a task invoking a task invoking …)."""
 
 log = logging.getLogger("wasmyard.coordinator")
 S = ExecutionState
@@ -223,22 +227,48 @@ class Coordinator:
         outcome.run_s = time.perf_counter() - started
         return outcome
 
-    @staticmethod
-    def _run_environment(entry: TaskEntry, execution: Execution) -> Outcome:
+    def _run_environment(self, entry: TaskEntry, execution: Execution) -> Outcome:
         if execution.cancel_requested:
             return Outcome(error=ExecutionCancelled("cancelled before it started"))
+        sink = Sink(self)
         pool = entry.pool
         if pool is None:
-            return run_command(entry.compiled, execution.input, execution.set_watch)
+            return run_command(entry.compiled, execution.input, sink, execution.set_watch)
         instance = pool.acquire()
         execution.set_watch(instance.watch)
         try:
-            outcome = instance.invoke(execution.input)
+            outcome = instance.invoke(execution.input, sink)
         finally:
             execution.watch = None
         error = outcome.error
         pool.release(instance, error is None or isinstance(error, (GuestError, OutputTooLarge)))
         return outcome
+
+    def invoke_nested(self, name: str, data: bytes, parent: Sink) -> tuple[int, bytes]:
+        """``wasmyard.invoke``: run ``name`` now, in the calling thread.
+
+        It never waits for a grant or a pooled instance — a guest blocked on
+        a busy pool while holding an instance of that pool would deadlock —
+        so a nested execution takes an idle instance or makes a new one. The
+        nesting depth bounds how many can pile up.  It runs under its own
+        task's limits and counts as part of the calling execution.
+        """
+        entry = self.tasks.get(name)
+        if entry is None:
+            return host.INVOKE_UNKNOWN_TASK, b""
+        if parent.depth + 1 > MAX_INVOKE_DEPTH:
+            return host.INVOKE_TOO_DEEP, b""
+        sink = Sink(self, parent.depth + 1)
+        if entry.pool is None:
+            outcome = run_command(entry.compiled, data, sink)
+        else:
+            instance = entry.pool.acquire()
+            outcome = instance.invoke(data, sink)
+            entry.pool.release(instance, outcome.error is None or isinstance(outcome.error, GuestError))
+        parent.absorb(sink)
+        if outcome.error is not None:
+            return host.INVOKE_FAILED, b""
+        return 0, outcome.output
 
     def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
         execution.finished_ns = time.perf_counter_ns()

@@ -10,8 +10,12 @@ import wasmtime
 _HANDLER = """
 (module
   (import "wasmyard" "log" (func $log (param i32 i32 i32)))
+  (import "wasmyard" "publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+  (import "wasmyard" "invoke" (func $invoke (param i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") {pages})
   (data (i32.const 16) "{log_text}")
+  (data (i32.const 128) "{target}")
+  (data (i32.const 192) "guest/out")
   (data (i32.const 256) "bad input: refused")
   (global $count (mut i32) (i32.const 0))
   (func (export "wy_abi_version") (result i32) (i32.const 1))
@@ -48,12 +52,26 @@ BODIES = {
     "error": "(i64.or (i64.const 0x8000010000000000) (i64.const 18))",
     # an output pointer far outside linear memory
     "oob": "(i64.const 0x7fff000000000010)",
+    # publish the input on guest/out, then echo it; the status lands at 508
+    "publish": "(i32.store (i32.const 508) (call $publish (i32.const 192) (i32.const 9) (local.get $p) (local.get $n))) "
+               "(call $ok (local.get $p) (local.get $n))",
+    # publish the input until the host refuses, then answer the refusal code (4 bytes)
+    "publish_flood": "(block $stop (loop $l "
+                     "(i32.store (i32.const 512) (call $publish (i32.const 192) (i32.const 9) (local.get $p) (local.get $n))) "
+                     "(br_if $stop (i32.ne (i32.load (i32.const 512)) (i32.const 0))) (br $l))) "
+                     "(call $ok (i32.const 512) (i32.const 4))",
+    # invoke the task named {target} with the input; answer its output, or the status as 4 bytes
+    "invoke": "(local.set $n (call $invoke (i32.const 128) (i32.const {target_len}) (local.get $p) (local.get $n) "
+              "(i32.const 32768) (i32.const 16384))) "
+              "(if (result i64) (i32.ge_s (local.get $n) (i32.const 0)) "
+              "(then (call $ok (i32.const 32768) (local.get $n))) "
+              "(else (i32.store (i32.const 512) (local.get $n)) (call $ok (i32.const 512) (i32.const 4))))",
 }
 
 
-def handler_wat(kind: str, pages: int = 1, log_text: str = "hello from wasm") -> str:
-    body = BODIES[kind].replace("{log_len}", str(len(log_text)))
-    return _HANDLER.format(pages=pages, body=body, log_text=log_text)
+def handler_wat(kind: str, pages: int = 1, log_text: str = "hello from wasm", target: str = "echo") -> str:
+    body = BODIES[kind].replace("{log_len}", str(len(log_text))).replace("{target_len}", str(len(target)))
+    return _HANDLER.format(pages=pages, body=body, log_text=log_text, target=target)
 
 
 def handler_wasm(kind: str, **kw: object) -> bytes:

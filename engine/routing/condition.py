@@ -67,8 +67,9 @@ Getter = Callable[[object], object]
 class ConditionError(ValueError):
     """A condition that does not parse; ``position`` is a 0-based offset in its text."""
 
-    def __init__(self, reason: str, position: int) -> None:
-        super().__init__(f"{reason} at position {position}" if " at position " not in reason else reason)
+    def __init__(self, reason: str, position: int, found: str | None = None) -> None:
+        message = f"{reason} at position {position}"
+        super().__init__(message if found is None else f"{message}, found {found}")
         self.reason = reason
         self.position = position
 
@@ -86,12 +87,14 @@ MISSING: Any = _Missing()
 _KEYWORDS = frozenset({"and", "or", "not", "in", "exists", "true", "false", "null"})
 _CONSTANTS = {"true": True, "false": False, "null": None}
 _TOKEN = re.compile(r"""\s*(?:
-    (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?![A-Za-z0-9_.])
+    (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op>==|!=|<=|>=|<|>)
   | (?P<punct>[()\[\].,$])
   | (?P<quote>["'])
   | (?P<end>\Z) )""", re.VERBOSE)
+_HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
+_HINTS = {"=": " (equality is '==')", "&": " (use 'and')", "|": " (use 'or')", "!": " (use 'not' or '!=')"}
 _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
@@ -122,10 +125,6 @@ def _compare(op: str, a: object, b: object) -> bool:
     if (ta in _NUMBER and tb in _NUMBER) or (ta is str and tb is str):
         return bool(_ORDER[op](a, b))
     return False
-
-
-def _contains(items: object, x: object) -> bool:
-    return type(items) is list and any(_json_eq(x, item) for item in items)
 
 
 class Condition:
@@ -165,8 +164,11 @@ def compile_condition(text: str) -> Condition:
     return Condition(text, evaluate, parser.reads_fields)
 
 
+Token = tuple[str, Any, int, int]  # kind, value, start, end
+
+
 class _Parser:
-    """Recursive descent straight into closures; operands are ("const", value) or ("path", getter)."""
+    """Recursive descent straight into closures; an operand is ("const", value) or ("path", getter)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -175,38 +177,34 @@ class _Parser:
         self.depth = 0
         self.reads_fields = False
 
-    # -- tokens -----------------------------------------------------------------
-    def peek(self) -> tuple[str, Any, int]:
+    def peek(self) -> Token:
         return self.tokens[self.i]
 
-    def take(self) -> tuple[str, Any, int]:
-        token = self.tokens[self.i]
+    def take(self) -> Token:
         self.i += 1
-        return token
+        return self.tokens[self.i - 1]
 
-    def accept(self, kind: str, value: object = None) -> bool:
-        k, v, _ = self.tokens[self.i]
-        if k == kind and (value is None or v == value):
+    def accept(self, kind: str, value: str) -> bool:
+        token = self.tokens[self.i]
+        if token[0] == kind and token[1] == value:
             self.i += 1
             return True
         return False
 
     def fail(self, expected: str) -> NoReturn:
-        kind, value, pos = self.peek()
-        found = "end of input" if kind == "end" else repr(self.text[pos:pos + 20].split()[0] if kind != "str" else value)
-        raise ConditionError(f"expected {expected} at position {pos}, found {found}", pos)
+        kind, _, start, end = self.peek()
+        found = "end of input" if kind == "end" else repr(self.text[start:end])
+        raise ConditionError(f"expected {expected}", start, found)
 
     def expect(self, kind: str, value: str, expected: str) -> None:
         if not self.accept(kind, value):
             self.fail(expected)
 
-    def nest(self) -> None:
-        self.depth += 1
+    def nest(self, step: int) -> None:
+        self.depth += step
         if self.depth > MAX_DEPTH:
-            pos = self.peek()[2]
-            raise ConditionError(f"nesting deeper than {MAX_DEPTH} levels at position {pos}", pos)
+            raise ConditionError(f"nesting deeper than {MAX_DEPTH} levels", self.peek()[2])
 
-    # -- grammar ----------------------------------------------------------------
     def parse(self) -> Evaluate:
         evaluate = self.or_expr()
         if self.peek()[0] != "end":
@@ -214,31 +212,31 @@ class _Parser:
         return evaluate
 
     def or_expr(self) -> Evaluate:
-        evaluate = self.and_expr()
+        terms = [self.and_expr()]
         while self.accept("kw", "or"):
-            evaluate = _either(evaluate, self.and_expr())
-        return evaluate
+            terms.append(self.and_expr())
+        return _any(terms)
 
     def and_expr(self) -> Evaluate:
-        evaluate = self.not_expr()
+        terms = [self.not_expr()]
         while self.accept("kw", "and"):
-            evaluate = _both(evaluate, self.not_expr())
-        return evaluate
+            terms.append(self.not_expr())
+        return _all(terms)
 
     def not_expr(self) -> Evaluate:
-        if self.accept("kw", "not"):
-            self.nest()
-            inner = self.not_expr()
-            self.depth -= 1
-            return lambda p: not inner(p)
-        return self.primary()
+        if not self.accept("kw", "not"):
+            return self.primary()
+        self.nest(1)
+        inner = self.not_expr()
+        self.nest(-1)
+        return lambda p: not inner(p)
 
     def primary(self) -> Evaluate:
         if self.accept("punct", "("):
-            self.nest()
+            self.nest(1)
             evaluate = self.or_expr()
             self.expect("punct", ")", "')'")
-            self.depth -= 1
+            self.nest(-1)
             return evaluate
         if self.accept("kw", "exists"):
             self.expect("punct", "(", "'(' after 'exists'")
@@ -250,118 +248,100 @@ class _Parser:
         return self.comparison()
 
     def comparison(self) -> Evaluate:
-        left_pos = self.peek()[2]
-        left = self.operand()
-        kind, value, _ = self.peek()
+        start = self.peek()[2]
+        left = self.operand("an operand")
+        kind, value, _, _ = self.peek()
         if kind == "op":
             self.take()
-            return _compile_compare(value, left, self.operand())
+            return _compile_compare(value, left, self.operand("an operand"))
         negate = self.accept("kw", "not")
         if negate or self.accept("kw", "in"):
             if negate:
                 self.expect("kw", "in", "'in' after 'not'")
-            right = self.path_or_list()
-            evaluate = _compile_in(left, right, negate)
-            return evaluate
+            if not (self.at_path() or self.peek()[:2] == ("punct", "[")):
+                self.fail("a list or a field path")
+            return _compile_in(left, self.operand("a list"), negate)
         if left[0] == "path":
             get = left[1]
             return lambda p: get(p) is True
         if type(left[1]) is bool:
             constant = left[1]
             return lambda p: constant
-        raise ConditionError(f"expected a comparison after the literal at position {left_pos}", left_pos)
+        raise ConditionError("expected a comparison operator after the literal starting", start)
 
     def at_path(self) -> bool:
-        kind, value, _ = self.peek()
+        kind, value, _, _ = self.peek()
         return kind == "name" or (kind == "punct" and value == "$")
 
-    def operand(self) -> tuple[str, Any]:
+    def operand(self, expected: str) -> tuple[str, Any]:
         if self.at_path():
             return ("path", self.path())
-        return ("const", self.literal("an operand"))
-
-    def path_or_list(self) -> tuple[str, Any]:
-        if self.at_path():
-            return ("path", self.path())
-        if self.peek()[:2] == ("punct", "["):
-            return ("const", self.literal("a list"))
-        self.fail("a list or a field path")
+        return ("const", self.literal(expected))
 
     def path(self) -> Getter:
         self.reads_fields = True
-        steps: list[str | int] = []
-        if not self.accept("punct", "$"):
-            steps.append(self.take()[1])
+        steps: list[str | int] = [] if self.accept("punct", "$") else [self.take()[1]]
         while True:
             if self.accept("punct", "."):
-                kind, value, _ = self.peek()
-                if kind not in ("name", "kw"):
+                if self.peek()[0] not in ("name", "kw"):
                     self.fail("a field name after '.'")
                 steps.append(self.take()[1])
             elif self.accept("punct", "["):
-                kind, value, _ = self.peek()
-                if kind == "num" and type(value) is int and value >= 0:
-                    steps.append(value)
-                elif kind == "str":
-                    steps.append(value)
-                else:
+                kind, value, _, _ = self.peek()
+                if not (kind == "str" or (kind == "num" and type(value) is int and value >= 0)):
                     self.fail("an index (0, 1, ...) or a quoted key")
-                self.take()
+                steps.append(self.take()[1])
                 self.expect("punct", "]", "']'")
             else:
                 return _getter(tuple(steps))
 
     def literal(self, expected: str) -> object:
-        kind, value, _ = self.peek()
-        if kind in ("num", "str"):
+        kind, value, _, _ = self.peek()
+        if kind in ("num", "str") or (kind == "kw" and value in _CONSTANTS):
             self.take()
-            return value
-        if kind == "kw" and value in _CONSTANTS:
-            self.take()
-            return _CONSTANTS[value]
-        if kind == "punct" and value == "[":
-            self.take()
-            self.nest()
-            items: list[object] = []
-            if not self.accept("punct", "]"):
+            return _CONSTANTS.get(value, value) if kind == "kw" else value
+        if not self.accept("punct", "["):
+            self.fail(expected)
+        self.nest(1)
+        items: list[object] = []
+        if not self.accept("punct", "]"):
+            items.append(self.literal("a literal"))
+            while self.accept("punct", ","):
                 items.append(self.literal("a literal"))
-                while self.accept("punct", ","):
-                    items.append(self.literal("a literal"))
-                self.expect("punct", "]", "',' or ']'")
-            self.depth -= 1
-            return items
-        self.fail(expected)
+            self.expect("punct", "]", "',' or ']'")
+        self.nest(-1)
+        return items
 
 
-def _tokenize(text: str) -> list[tuple[str, Any, int]]:
-    """(kind, value, position) triples ending with ("end", None, len(text))."""
-    tokens: list[tuple[str, Any, int]] = []
+def _tokenize(text: str) -> list[Token]:
+    """(kind, value, start, end) tokens, the last one ("end", None, len(text), len(text))."""
+    tokens: list[Token] = []
     pos = 0
     while True:
         m = _TOKEN.match(text, pos)
         if m is None:
-            start = len(text) - len(text[pos:].lstrip())
-            raise ConditionError(f"unexpected character {text[start]!r} at position {start}", start)
-        kind = m.lastgroup
-        start = m.start(kind)  # type: ignore[arg-type]
+            rest = text[pos:]
+            start = pos + len(rest) - len(rest.lstrip())
+            hint = _HINTS.get(text[start], "")
+            raise ConditionError(f"unexpected character {text[start]!r}{hint}", start)
+        kind = m.lastgroup or "end"
+        start, pos = m.start(kind), m.end()
+        word = m.group(kind)
         if kind == "end":
-            tokens.append(("end", None, start))
+            tokens.append(("end", None, start, start))
             return tokens
         if kind == "quote":
             value, pos = _string(text, start)
-            tokens.append(("str", value, start))
-            continue
-        word = m.group(kind)  # type: ignore[arg-type]
-        if kind == "num":
-            number: object = int(word) if word.lstrip("-").isdigit() else float(word)
+            tokens.append(("str", value, start, pos))
+        elif kind == "num":
+            number = int(word) if word.lstrip("-").isdigit() else float(word)
             if number in (float("inf"), float("-inf")):
-                raise ConditionError(f"number {word} is out of range at position {start}", start)
-            tokens.append(("num", number, start))
+                raise ConditionError(f"number {word} out of range", start)
+            tokens.append(("num", number, start, pos))
         elif kind == "name":
-            tokens.append(("kw" if word in _KEYWORDS else "name", word, start))
+            tokens.append(("kw" if word in _KEYWORDS else "name", word, start, pos))
         else:
-            tokens.append(("op" if kind == "op" else "punct", word, start))
-        pos = m.end()
+            tokens.append((kind, word, start, pos))
 
 
 def _string(text: str, start: int) -> tuple[str, int]:
@@ -374,23 +354,21 @@ def _string(text: str, start: int) -> tuple[str, int]:
         if ch != "\\":
             out.append(ch)
             pos += 1
-            continue
-        code = text[pos + 1:pos + 2]
-        if code in _ESCAPES:
-            out.append(_ESCAPES[code])
+        elif text[pos + 1:pos + 2] in _ESCAPES:
+            out.append(_ESCAPES[text[pos + 1]])
             pos += 2
-        elif code == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", text[pos + 2:pos + 6]):
+        elif text[pos + 1:pos + 2] == "u" and _HEX4.fullmatch(text, pos + 2, pos + 6):
             out.append(chr(int(text[pos + 2:pos + 6], 16)))
             pos += 6
         else:
-            raise ConditionError(f"invalid escape {text[pos:pos + 2]!r} at position {pos}", pos)
-    raise ConditionError(f"unterminated string starting at position {start}", start)
+            raise ConditionError(f"invalid escape {text[pos:pos + 2]!r}", pos)
+    raise ConditionError("unterminated string starting", start)
 
 
 def _getter(steps: tuple[str | int, ...]) -> Getter:
     if not steps:
         return lambda p: p
-    if len(steps) == 1 and type(steps[0]) is str:
+    if len(steps) == 1:
         key = steps[0]
         return lambda p: p.get(key, MISSING) if type(p) is dict else MISSING  # type: ignore[attr-defined]
 
@@ -402,20 +380,32 @@ def _getter(steps: tuple[str | int, ...]) -> Getter:
                 p = p.get(step, MISSING)
                 if p is MISSING:
                     return MISSING
-            elif type(p) is not list or step >= len(p):  # type: ignore[operator]
-                return MISSING
-            else:
+            elif type(p) is list and step < len(p):  # type: ignore[operator]
                 p = p[step]
+            else:
+                return MISSING
         return p
     return get
 
 
-def _either(a: Evaluate, b: Evaluate) -> Evaluate:
-    return lambda p: a(p) or b(p)
+def _any(terms: list[Evaluate]) -> Evaluate:
+    if len(terms) == 1:
+        return terms[0]
+    if len(terms) == 2:
+        a, b = terms
+        return lambda p: a(p) or b(p)
+    every = tuple(terms)
+    return lambda p: any(term(p) for term in every)
 
 
-def _both(a: Evaluate, b: Evaluate) -> Evaluate:
-    return lambda p: a(p) and b(p)
+def _all(terms: list[Evaluate]) -> Evaluate:
+    if len(terms) == 1:
+        return terms[0]
+    if len(terms) == 2:
+        a, b = terms
+        return lambda p: a(p) and b(p)
+    every = tuple(terms)
+    return lambda p: all(term(p) for term in every)
 
 
 def _compile_compare(op: str, left: tuple[str, Any], right: tuple[str, Any]) -> Evaluate:
@@ -438,33 +428,39 @@ def _compile_compare(op: str, left: tuple[str, Any], right: tuple[str, Any]) -> 
             t = type(v)
             return (t is int or t is float) and order(v, c)
         return number_order
-    if tc is str or c is None or tc is bool:
-        # Scalars whose equality needs no JSON rules beyond the type check.
+    if (tc is str or tc is bool or c is None) and op in ("==", "!="):
+        # Scalars whose JSON equality is the type check plus Python equality.
         if op == "==":
             return lambda p: type(v := get(p)) is tc and v == c
-        if op == "!=":
-            return lambda p: (v := get(p)) is not MISSING and not (type(v) is tc and v == c)
+        return lambda p: (v := get(p)) is not MISSING and not (type(v) is tc and v == c)
     return lambda p: _compare(op, get(p), c)
+
+
+def _scalar_key(x: object) -> tuple[str, object]:
+    """A hashable key under which two scalars collide exactly when they are JSON-equal."""
+    t = type(x)
+    return ("b" if t is bool else "n" if t in _NUMBER else "s" if t is str else "z", x)
 
 
 def _compile_in(left: tuple[str, Any], right: tuple[str, Any], negate: bool) -> Evaluate:
     if right[0] == "path":
         items = right[1]
-        if left[0] == "const":
-            x = left[1]
-            found: Evaluate = lambda p: _contains(items(p), x)
-        else:
-            get = left[1]
-            found = lambda p: _contains(items(p), get(p))
-        present: Evaluate = lambda p: type(items(p)) is list and (left[0] == "const" or left[1](p) is not MISSING)
+        get = left[1] if left[0] == "path" else (lambda p, c=left[1]: c)
+
+        def in_field(p: object) -> bool:
+            found, x = items(p), get(p)
+            if type(found) is not list or x is MISSING:
+                return False
+            return any(_json_eq(x, item) for item in found) != negate
+        return in_field
+    values = right[1]
+    if all(type(v) not in (list, dict) for v in values):
+        keys = frozenset(map(_scalar_key, values))
+        member: Evaluate = lambda x: type(x) is not list and type(x) is not dict and _scalar_key(x) in keys
     else:
-        values = right[1]
-        if left[0] == "const":
-            constant = _contains(values, left[1]) != negate
-            return lambda p: constant
-        get = left[1]
-        found = lambda p: _contains(values, get(p))
-        present = lambda p: get(p) is not MISSING
-    if negate:
-        return lambda p: present(p) and not found(p)
-    return found
+        member = lambda x: any(_json_eq(x, v) for v in values)
+    if left[0] == "const":
+        constant = member(left[1]) != negate
+        return lambda p: constant
+    get = left[1]
+    return lambda p: (x := get(p)) is not MISSING and member(x) != negate

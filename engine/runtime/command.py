@@ -53,7 +53,9 @@ def _read_bounded(path: str, limit: int) -> tuple[bytes, bool]:
     return data[:limit], len(data) > limit
 
 
-def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Watch], None] | None = None) -> Outcome:
+def run_command(
+    task: CompiledTask, data: bytes, sink: host.Sink, on_watch: Callable[[watchdog.Watch], None] | None = None
+) -> Outcome:
     """Run a command task once; ``on_watch`` receives its Watch (to cancel it)."""
     manifest = task.manifest
     limits = manifest.limits
@@ -62,7 +64,6 @@ def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Wa
     watch = watchdog.install(store)
     if on_watch is not None:
         on_watch(watch)
-    sink = host.Sink()
     exit_code: int | None = None
     error = None
     try:
@@ -83,7 +84,7 @@ def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Wa
         stdout_path = scratch.stdout
         watch.arm(limits.timeout_ms / 1000.0, lambda: os.path.getsize(stdout_path) > max_out)
         instance = None
-        host.set_current(sink)
+        previous = host.enter(sink)
         try:
             instance = task.pre.instantiate(store)
             instance.exports(store)["_start"](store)
@@ -95,16 +96,16 @@ def run_command(task: CompiledTask, data: bytes, on_watch: Callable[[watchdog.Wa
             size = memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
             error = classify(exc, watch, manifest, size)
         finally:
-            host.set_current(None)
+            host.leave(previous)
             watch.disarm()
         output, too_big = _read_bounded(scratch.stdout, max_out)
         stderr, _ = _read_bounded(scratch.stderr, MAX_STDERR_BYTES)
     finally:
         watch.close()
         store.close()
-    logs = [("stderr", line) for line in stderr.decode("utf-8", "replace").splitlines()] + sink.logs
+    sink.logs[:0] = [("stderr", line) for line in stderr.decode("utf-8", "replace").splitlines()]
     if error is None and too_big:
         error = OutputTooLarge(f"task {manifest.name!r} wrote more than its output limit of {limits.max_output_kib} KiB")
     if error is None and exit_code:
         error = TaskExited(f"task {manifest.name!r} exited with status {exit_code}", exit_code)
-    return Outcome(output, error, logs, exit_code, sink.dropped_logs)
+    return Outcome(output, error, sink, exit_code)

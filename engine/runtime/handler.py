@@ -54,34 +54,32 @@ class HandlerInstance:
             self.close()
             raise
 
-    def invoke(self, data: bytes) -> Outcome:
-        """Run one execution; a failed one leaves ``healthy`` False in the result."""
+    def invoke(self, data: bytes, sink: host.Sink) -> Outcome:
+        """Run one execution; its host imports report into ``sink``."""
         manifest = self.task.manifest
         limits = manifest.limits
         self.uses += 1
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
-        sink = host.Sink()
-        host.set_current(sink)
+        previous = host.enter(sink)
         self.watch.arm(limits.timeout_ms / 1000.0)
         try:
             ok, payload = self.call.invoke(data)
         except (wasmtime.Trap, wasmtime.WasmtimeError, ValueError) as exc:
-            return Outcome(b"", classify(exc, self.watch, manifest, self.call.memory_size()), sink.logs, None,
-                           sink.dropped_logs)
+            return Outcome(b"", classify(exc, self.watch, manifest, self.call.memory_size()), sink)
         finally:
             self.watch.disarm()
-            host.set_current(None)
+            host.leave(previous)
         if not ok:
             error = GuestError(f"task {manifest.name!r} reported an error: {payload.decode('utf-8', 'replace')}")
-            return Outcome(b"", error, sink.logs, None, sink.dropped_logs)
+            return Outcome(b"", error, sink)
         if len(payload) > limits.max_output_bytes:
             error = OutputTooLarge(
                 f"task {manifest.name!r} returned {len(payload)} bytes, over its output limit of "
                 f"{limits.max_output_kib} KiB"
             )
-            return Outcome(b"", error, sink.logs, None, sink.dropped_logs)
-        return Outcome(payload, None, sink.logs, None, sink.dropped_logs)
+            return Outcome(b"", error, sink)
+        return Outcome(payload, None, sink)
 
     def close(self) -> None:
         if self._closed:
@@ -93,7 +91,8 @@ class HandlerInstance:
 
 class InstancePool:
     """Idle instances of one task.  Never blocks: the scheduler never grants more
-    concurrent executions than ``max_concurrency``, which is also the pool size."""
+    concurrent executions than ``max_concurrency``, which is also the number of
+    idle instances kept."""
 
     def __init__(self, task: CompiledTask, max_uses: int = DEFAULT_MAX_USES) -> None:
         self.task = task
@@ -112,7 +111,10 @@ class InstancePool:
             return HandlerInstance(self.task)
 
     def release(self, instance: HandlerInstance, healthy: bool) -> None:
-        if not healthy or instance.uses >= self.max_uses or self._closed:
+        # Nested invokes may create instances beyond max_concurrency rather than
+        # wait (waiting could deadlock); the extras are not kept.
+        if (not healthy or instance.uses >= self.max_uses or self._closed
+                or len(self._idle) >= self.task.manifest.max_concurrency):
             self.recycled += 1
             instance.close()
             return

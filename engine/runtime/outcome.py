@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import WasmyardError
+from .host import Sink
 
 __all__ = ["Outcome"]
 
@@ -13,22 +14,24 @@ class Outcome:
     for the coordinator, which records it and serves the next request.
     """
 
-    __slots__ = ("output", "error", "logs", "exit_code", "dropped_logs", "run_s")
+    __slots__ = ("output", "error", "exit_code", "sink", "run_s")
 
     def __init__(
         self,
         output: bytes = b"",
         error: WasmyardError | None = None,
-        logs: list[tuple[str, str]] | None = None,
+        sink: Sink | None = None,
         exit_code: int | None = None,
-        dropped_logs: int = 0,
     ) -> None:
         self.output = output
         self.error = error
-        self.logs = logs if logs is not None else []
+        self.sink = sink if sink is not None else Sink()  # logs and published events
         self.exit_code = exit_code
-        self.dropped_logs = dropped_logs
         self.run_s = 0.0  # time inside the environment, without queueing or thread hops
+
+    @property
+    def logs(self) -> list[tuple[str, str]]:
+        return self.sink.logs
 
     @property
     def ok(self) -> bool:
