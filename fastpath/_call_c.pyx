@@ -1,0 +1,716 @@
+# cython: language_level=3
+"""Prepared calls into wasm through wasmtime's C API: the compiled twin of ``_call_py``.
+
+Same API, results, exceptions and messages as ``_call_py`` (read its
+docstring for the handler ABI v1 and the host-function contract); the
+difference is the path into wasm:
+
+* exports are looked up and type-checked once, then called with
+  ``wasmtime_func_call_unchecked`` on a prepared ``wasmtime_val_raw_t``
+  buffer, with the GIL released for the duration of the wasm call;
+* host imports are ``wasmtime_linker_define_func_unchecked`` trampolines that
+  take the GIL back only to run the Python callback;
+* linear memory is read and written with ``memcpy`` after re-reading the
+  memory's base and size following every call into wasm (memory can grow and
+  move during a call, so no base pointer is kept across calls).
+
+Nothing links against wasmtime at build time: the C functions are resolved at
+import from the library wasmtime-py has already loaded (``wasmtime._ffi.dll``),
+and the struct layouts in ``_wasmtime_capi.pxd`` are compared with
+wasmtime-py's ctypes bindings; a mismatch, or a wasmtime major other than
+``WASMTIME_MAJOR``, makes the import fail so the pure twin is used instead.
+
+Errors are built the way wasmtime-py builds them (``WasmtimeError._from_ptr``,
+``Trap._from_ptr``), and exceptions raised by host callbacks travel through
+wasmtime-py's own pending-exception slot (``wasmtime._func.LAST_EXCEPTION``),
+so a host function defined here behaves the same under ``Func.__call__`` and a
+wasmtime-py host function behaves the same under ``Export``.
+
+A ``Store`` is not thread-safe: one thread at a time may call into a given
+store (through any ``Export`` / ``HandlerCall`` of it), as with wasmtime-py.
+"""
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_Check
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from fastpath._wasmtime_capi cimport *
+
+import ctypes
+import importlib.metadata
+import operator
+
+from wasmtime import FuncType, Instance, Linker, Store, Trap, ValType, WasmtimeError
+from wasmtime import _ffi
+from wasmtime import _func as _wasmtime_func
+
+
+cdef extern from "Python.h":
+    int Py_IsInitialized() nogil
+    unsigned long long PyLong_AsUnsignedLongLongMask(object) except? -1
+    long long PyLong_AsLongLongAndOverflow(object, int *overflow) except? -1
+
+
+__all__ = [
+    "HANDLER_ABI_VERSION",
+    "WASMTIME_MAJOR",
+    "CallerMemory",
+    "Export",
+    "HandlerCall",
+    "check_wasmtime_version",
+    "define_host_func",
+]
+
+#: The wasmtime major version this module (and its pure twin) is written for.
+WASMTIME_MAJOR = 50
+#: The handler ABI version ``HandlerCall`` speaks.
+HANDLER_ABI_VERSION = 1
+
+cdef uint64_t U32 = 0xFFFFFFFF
+
+
+def check_wasmtime_version(installed=None):
+    """Raise ``RuntimeError`` unless wasmtime ``WASMTIME_MAJOR``.x is installed.
+
+    ``installed`` overrides the version read from the installed distribution.
+    """
+    if installed is None:
+        try:
+            installed = importlib.metadata.version("wasmtime")
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise RuntimeError(
+                "cannot tell which wasmtime is installed: no 'wasmtime' distribution found"
+            ) from exc
+    major = installed.split(".", 1)[0]
+    if not major.isdigit() or int(major) != WASMTIME_MAJOR:
+        raise RuntimeError(
+            f"fastpath.call is written for wasmtime {WASMTIME_MAJOR}.x, but wasmtime "
+            f"{installed} is installed; install wasmtime>={WASMTIME_MAJOR},<{WASMTIME_MAJOR + 1}"
+        )
+
+
+# -- import-time binding to the loaded library ------------------------------
+
+try:
+    check_wasmtime_version()
+except RuntimeError as _exc:
+    raise ImportError(str(_exc)) from _exc
+
+
+cdef wasmtime_extern_t _probe_extern
+_LAYOUTS = (
+    ("wasmtime_func_t", sizeof(wasmtime_func_t)),
+    ("wasmtime_memory_t", sizeof(wasmtime_memory_t)),
+    ("wasmtime_instance_t", sizeof(wasmtime_instance_t)),
+    ("wasmtime_extern_union", sizeof(wasmtime_extern_union_t)),
+    ("wasmtime_extern_t", sizeof(wasmtime_extern_t)),
+    ("wasmtime_val_raw_t", sizeof(wasmtime_val_raw_t)),
+    ("wasm_valtype_vec_t", sizeof(wasm_valtype_vec_t)),
+)
+for _name, _size in _LAYOUTS:
+    if ctypes.sizeof(getattr(_ffi, _name)) != _size:
+        raise ImportError(
+            f"fastpath.call: {_name} is {_size} bytes here but "
+            f"{ctypes.sizeof(getattr(_ffi, _name))} in wasmtime-py's bindings"
+        )
+if _ffi.wasmtime_extern_t.of.offset != <size_t>(<char *>&_probe_extern.of - <char *>&_probe_extern):
+    raise ImportError("fastpath.call: wasmtime_extern_t.of is not where wasmtime-py has it")
+
+
+cdef void *_symbol(str name) except NULL:
+    try:
+        fn = getattr(_ffi.dll, name)
+    except AttributeError:
+        raise ImportError(f"fastpath.call: wasmtime's C library has no {name}") from None
+    return <void *><uintptr_t>ctypes.cast(fn, ctypes.c_void_p).value
+
+
+cdef fn_wasmtime_func_call_unchecked c_func_call_unchecked = \
+    <fn_wasmtime_func_call_unchecked>_symbol("wasmtime_func_call_unchecked")
+cdef fn_wasmtime_func_type c_func_type = <fn_wasmtime_func_type>_symbol("wasmtime_func_type")
+cdef fn_wasmtime_caller_context c_caller_context = \
+    <fn_wasmtime_caller_context>_symbol("wasmtime_caller_context")
+cdef fn_wasmtime_caller_export_get c_caller_export_get = \
+    <fn_wasmtime_caller_export_get>_symbol("wasmtime_caller_export_get")
+cdef fn_wasmtime_instance_export_get c_instance_export_get = \
+    <fn_wasmtime_instance_export_get>_symbol("wasmtime_instance_export_get")
+cdef fn_wasmtime_extern_delete c_extern_delete = \
+    <fn_wasmtime_extern_delete>_symbol("wasmtime_extern_delete")
+cdef fn_wasmtime_memory_data c_memory_data = <fn_wasmtime_memory_data>_symbol("wasmtime_memory_data")
+cdef fn_wasmtime_memory_data_size c_memory_data_size = \
+    <fn_wasmtime_memory_data_size>_symbol("wasmtime_memory_data_size")
+cdef fn_wasm_functype_params c_functype_params = \
+    <fn_wasm_functype_params>_symbol("wasm_functype_params")
+cdef fn_wasm_functype_results c_functype_results = \
+    <fn_wasm_functype_results>_symbol("wasm_functype_results")
+cdef fn_wasm_functype_delete c_functype_delete = \
+    <fn_wasm_functype_delete>_symbol("wasm_functype_delete")
+cdef fn_wasm_valtype_kind c_valtype_kind = <fn_wasm_valtype_kind>_symbol("wasm_valtype_kind")
+cdef fn_wasmtime_trap_new c_trap_new = <fn_wasmtime_trap_new>_symbol("wasmtime_trap_new")
+cdef fn_wasmtime_linker_define_func_unchecked c_linker_define_func_unchecked = \
+    <fn_wasmtime_linker_define_func_unchecked>_symbol("wasmtime_linker_define_func_unchecked")
+
+_P_ERROR = ctypes.POINTER(_ffi.wasmtime_error_t)
+_P_TRAP = ctypes.POINTER(_ffi.wasm_trap_t)
+_c_void_p = ctypes.c_void_p
+_ctypes_cast = ctypes.cast
+_maybe_raise_last_exn = _wasmtime_func.maybe_raise_last_exn
+
+
+cdef inline uintptr_t _address(object ctypes_pointer) except? 0:
+    return <uintptr_t>_ctypes_cast(ctypes_pointer, _c_void_p).value
+
+
+# -- shared checks and messages (spelled as in _call_py) ----------------------
+
+_EXTERN_KINDS = {
+    WASMTIME_EXTERN_FUNC: "function",
+    WASMTIME_EXTERN_GLOBAL: "global",
+    WASMTIME_EXTERN_TABLE: "table",
+    WASMTIME_EXTERN_MEMORY: "memory",
+    WASMTIME_EXTERN_SHAREDMEMORY: "shared memory",
+    WASMTIME_EXTERN_TAG: "tag",
+}
+
+
+cdef _check_store_instance(store, instance):
+    if not isinstance(store, Store):
+        raise TypeError(f"expected a wasmtime.Store, got {type(store).__name__}")
+    if not isinstance(instance, Instance):
+        raise TypeError(f"expected a wasmtime.Instance, got {type(instance).__name__}")
+
+
+cdef str _signature(ty):
+    params = ", ".join(str(t) for t in ty.params)
+    results = ", ".join(str(t) for t in ty.results)
+    return f"({params}) -> ({results})"
+
+
+cdef str _oob(ptr, length, size):
+    return f"ptr={ptr} len={length} memory size={size}"
+
+
+cdef inline int _check_open(object store) except -1:
+    # Store.close() clears the context; wasmtime-py then raises this from _context().
+    if store._Store__context is None:
+        raise ValueError("already closed")
+    return 0
+
+
+cdef wasmtime_context_t *_context_of(object store) except NULL:
+    return <wasmtime_context_t *>_address(store._context())
+
+
+cdef int _raise_failure(wasmtime_error_t *error, wasm_trap_t *trap) except -1:
+    # As wasmtime-py's enter_wasm: build the error/trap, but a pending
+    # exception from a host callback wins.
+    if error != NULL:
+        exc = WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+    else:
+        exc = Trap._from_ptr(_ctypes_cast(<uintptr_t>trap, _P_TRAP))
+    _maybe_raise_last_exn()
+    raise exc
+
+
+cdef inline int _call(wasmtime_context_t *ctx, const wasmtime_func_t *func,
+                      wasmtime_val_raw_t *vals, size_t nvals) except -1:
+    cdef wasmtime_error_t *error
+    cdef wasm_trap_t *trap = NULL
+    with nogil:
+        error = c_func_call_unchecked(ctx, func, vals, nvals, &trap)
+    if error != NULL or trap != NULL:
+        _raise_failure(error, trap)
+    return 0
+
+
+cdef bint _export_get(wasmtime_context_t *ctx, object instance, str name,
+                      wasmtime_extern_t *item) except -1:
+    cdef wasmtime_instance_t inst
+    cdef bytes raw = name.encode("utf-8")
+    memcpy(&inst, <void *>(<uintptr_t>ctypes.addressof(instance._instance)),
+           sizeof(wasmtime_instance_t))
+    if not c_instance_export_get(ctx, &inst, raw, len(raw), item):
+        return False
+    if item.kind == WASMTIME_EXTERN_SHAREDMEMORY:
+        c_extern_delete(item)  # the only owned kind; only its tag is used below
+    return True
+
+
+cdef tuple _func_kinds(wasmtime_context_t *ctx, const wasmtime_func_t *func):
+    """(params, results) of ``func`` as bytes of wasm_valkind_t."""
+    cdef wasm_functype_t *ty = c_func_type(ctx, func)
+    cdef const wasm_valtype_vec_t *vec
+    cdef size_t i
+    cdef bytearray params = bytearray(), results = bytearray()
+    try:
+        vec = c_functype_params(ty)
+        for i in range(vec.size):
+            params.append(c_valtype_kind(vec.data[i]))
+        vec = c_functype_results(ty)
+        for i in range(vec.size):
+            results.append(c_valtype_kind(vec.data[i]))
+    finally:
+        c_functype_delete(ty)
+    return bytes(params), bytes(results)
+
+
+cdef inline bint _all_int(bytes kinds):
+    for k in kinds:
+        if k != WASM_I32 and k != WASM_I64:
+            return False
+    return True
+
+
+cdef inline str _kind_name(char kind):
+    return "i32" if kind == WASM_I32 else "i64"
+
+
+cdef inline void _set_int(wasmtime_val_raw_t *slot, char kind, object value):
+    # ``value`` is an int.  Wrapped like ctypes (and so wasmtime-py) wraps;
+    # an i32 is stored zero-extended, as wasmtime's ValRaw::i32 stores it.
+    cdef unsigned long long bits = PyLong_AsUnsignedLongLongMask(value)
+    if kind == WASM_I32:
+        slot.i64 = <int64_t><uint64_t><uint32_t>bits
+    else:
+        slot.i64 = <int64_t>bits
+
+
+cdef inline object _get_int(const wasmtime_val_raw_t *slot, char kind):
+    if kind == WASM_I32:
+        return slot.i32
+    return slot.i64
+
+
+cdef bytes _other_bytes(object data):
+    """``data`` that is neither bytes nor bytearray, as bytes (or TypeError)."""
+    if isinstance(data, memoryview):
+        return data.tobytes()
+    raise TypeError(f"expected bytes-like data, got {type(data).__name__}")
+
+
+# -- Export ------------------------------------------------------------------
+
+@cython.final
+cdef class Export:
+    """A prepared call of one exported function with integer (i32/i64)
+    params and at most one integer result."""
+
+    cdef object _store
+    cdef wasmtime_context_t *_ctx
+    cdef wasmtime_func_t _func
+    cdef bytes _kinds            # one wasm_valkind_t per parameter
+    cdef Py_ssize_t _nparams
+    cdef int _result             # -1: no result, else its wasm_valkind_t
+    cdef wasmtime_val_raw_t *_vals
+    cdef size_t _nvals
+
+    def __cinit__(self):
+        self._vals = NULL
+
+    def __dealloc__(self):
+        free(self._vals)
+
+    def __init__(self, store, instance, name):
+        cdef wasmtime_extern_t item
+        _check_store_instance(store, instance)
+        if not isinstance(name, str):
+            raise TypeError(f"export name must be a str, got {type(name).__name__}")
+        ctx = _context_of(store)
+        if not _export_get(ctx, instance, name, &item):
+            raise ValueError(f"instance has no export named {name!r}")
+        if item.kind != WASMTIME_EXTERN_FUNC:
+            raise TypeError(f"export {name!r} is a {_EXTERN_KINDS.get(item.kind, 'unknown extern')}, not a function")
+        params, results = _func_kinds(ctx, &item.of.func)
+        if len(results) > 1 or not _all_int(params) or not _all_int(results):
+            ty = instance.exports(store)[name].type(store)
+            raise TypeError(
+                f"export {name!r} has type {_signature(ty)}; a prepared call takes "
+                "i32/i64 parameters and at most one i32/i64 result"
+            )
+        nvals = max(len(params), len(results), 1)
+        vals = <wasmtime_val_raw_t *>calloc(nvals, sizeof(wasmtime_val_raw_t))
+        if vals == NULL:
+            raise MemoryError()
+        free(self._vals)
+        self._vals = vals
+        self._nvals = nvals
+        self._func = item.of.func
+        self._kinds = params
+        self._nparams = len(params)
+        self._result = results[0] if results else -1
+        self._ctx = ctx
+        self._store = store
+
+    def __call__(self, *args):
+        cdef Py_ssize_t i, n = len(args)
+        cdef wasmtime_val_raw_t *vals = self._vals
+        cdef const char *kinds
+        if vals == NULL:
+            raise ValueError("Export is not initialized")
+        if n != self._nparams:
+            word = "many" if n > self._nparams else "few"
+            raise WasmtimeError(
+                f"too {word} parameters provided: given {n}, expected {self._nparams}"
+            )
+        if n:
+            kinds = PyBytes_AS_STRING(self._kinds)
+            for i in range(n):
+                arg = args[i]
+                if not PyLong_Check(arg):
+                    raise TypeError("don't know how to convert %r to %s" % (arg, _kind_name(kinds[i])))
+                _set_int(&vals[i], kinds[i], arg)
+        _check_open(self._store)
+        _call(self._ctx, &self._func, vals, self._nvals)
+        if self._result < 0:
+            return None
+        return _get_int(&vals[0], <char>self._result)
+
+
+# -- HandlerCall ---------------------------------------------------------------
+
+cdef int _handler_func(wasmtime_context_t *ctx, object store, object instance, str name,
+                       bytes params, bytes results, str expected,
+                       wasmtime_func_t *out) except -1:
+    cdef wasmtime_extern_t item
+    if not _export_get(ctx, instance, name, &item):
+        raise ValueError(f"handler does not export {name!r} (handler ABI v{HANDLER_ABI_VERSION})")
+    if item.kind != WASMTIME_EXTERN_FUNC:
+        raise ValueError(
+            f"handler export {name!r} is a {_EXTERN_KINDS.get(item.kind, 'unknown extern')}, not a function"
+        )
+    if _func_kinds(ctx, &item.of.func) != (params, results):
+        found = _signature(instance.exports(store)[name].type(store))
+        raise ValueError(f"handler export {name!r} has type {found}, expected {expected}")
+    out[0] = item.of.func
+    return 0
+
+
+@cython.final
+cdef class HandlerCall:
+    """Prepared calls into one handler instance per the handler ABI v1."""
+
+    cdef object _store
+    cdef wasmtime_context_t *_ctx
+    cdef wasmtime_memory_t _memory
+    cdef wasmtime_func_t _alloc
+    cdef wasmtime_func_t _handle
+    cdef wasmtime_val_raw_t _vals[2]
+
+    def __init__(self, store, instance):
+        cdef wasmtime_extern_t item
+        cdef wasmtime_func_t version_fn
+        _check_store_instance(store, instance)
+        ctx = _context_of(store)
+        _handler_func(ctx, store, instance, "wy_abi_version", b"", b"\x00", "() -> (i32)", &version_fn)
+        memset(self._vals, 0, sizeof(self._vals))
+        _call(ctx, &version_fn, self._vals, 1)
+        version = self._vals[0].i32
+        if version != HANDLER_ABI_VERSION:
+            raise ValueError(
+                f"handler speaks ABI version {version}, this host speaks version {HANDLER_ABI_VERSION}"
+            )
+        if not _export_get(ctx, instance, "memory", &item):
+            raise ValueError(f"handler does not export 'memory' (handler ABI v{HANDLER_ABI_VERSION})")
+        if item.kind != WASMTIME_EXTERN_MEMORY:
+            raise ValueError(
+                f"handler export 'memory' is a {_EXTERN_KINDS.get(item.kind, 'unknown extern')}, not a memory"
+            )
+        self._memory = item.of.memory
+        _handler_func(ctx, store, instance, "wy_alloc", b"\x00", b"\x00", "(i32) -> (i32)", &self._alloc)
+        _handler_func(ctx, store, instance, "wy_handle", b"\x00\x00", b"\x01", "(i32, i32) -> (i64)",
+                      &self._handle)
+        self._ctx = ctx
+        self._store = store
+
+    def invoke(self, data):
+        """Run ``wy_handle`` on ``data``: ``(True, output)`` or ``(False, message)``."""
+        cdef const char *src
+        cdef uint8_t *base
+        cdef uint64_t n, ptr, size, out, length
+        cdef int64_t r
+        cdef wasmtime_context_t *ctx = self._ctx
+        if isinstance(data, bytes):
+            n = <uint64_t>PyBytes_GET_SIZE(data)
+        elif isinstance(data, bytearray):
+            n = <uint64_t>PyByteArray_GET_SIZE(data)
+        else:
+            data = _other_bytes(data)
+            n = <uint64_t>PyBytes_GET_SIZE(data)
+        if n > U32:
+            raise ValueError(f"input of {n} bytes does not fit a 32-bit memory")
+        if self._store is None:
+            raise ValueError("HandlerCall is not initialized")
+        _check_open(self._store)
+        self._vals[0].i64 = <int64_t>n
+        _call(ctx, &self._alloc, self._vals, 1)
+        ptr = <uint32_t>self._vals[0].i32
+        if n:
+            if ptr == 0:
+                raise ValueError(f"wy_alloc could not allocate {n} bytes")
+            size = c_memory_data_size(ctx, &self._memory)
+            if ptr + n > size:
+                raise ValueError(f"wy_alloc returned an out-of-bounds pointer: {_oob(ptr, n, size)}")
+            base = c_memory_data(ctx, &self._memory)
+            # The source pointer is taken now, not before the call: a
+            # bytearray can be resized by another thread while wasm runs.
+            if isinstance(data, bytes):
+                src = PyBytes_AS_STRING(data)
+            else:
+                if <uint64_t>PyByteArray_GET_SIZE(data) != n:
+                    raise ValueError("input bytearray changed size during the call")
+                src = PyByteArray_AS_STRING(data)
+            memcpy(base + ptr, src, n)
+        self._vals[0].i64 = <int64_t>ptr
+        self._vals[1].i64 = <int64_t>n
+        _call(ctx, &self._handle, self._vals, 2)
+        r = self._vals[0].i64
+        size = c_memory_data_size(ctx, &self._memory)
+        base = c_memory_data(ctx, &self._memory)
+        length = <uint64_t>r & U32
+        if r >= 0:
+            out = <uint64_t>r >> 32
+            if out + length > size:
+                raise ValueError(f"handler returned an out-of-bounds output: {_oob(out, length, size)}")
+            return True, PyBytes_FromStringAndSize(<char *>base + out, <Py_ssize_t>length)
+        out = (<uint64_t>r >> 32) & 0x7FFFFFFF
+        if out + length > size:
+            raise ValueError(
+                f"handler returned an out-of-bounds error message: {_oob(out, length, size)}"
+            )
+        return False, PyBytes_FromStringAndSize(<char *>base + out, <Py_ssize_t>length)
+
+    def memory_size(self):
+        """The current size of the handler's linear memory, in bytes."""
+        if self._store is None:
+            raise ValueError("HandlerCall is not initialized")
+        _check_open(self._store)
+        return c_memory_data_size(self._ctx, &self._memory)
+
+
+# -- host functions ----------------------------------------------------------
+
+@cython.final
+@cython.freelist(8)
+cdef class CallerMemory:
+    """The calling instance's exported ``memory``, during one host call.
+
+    Host calls create these; using one after its call returned raises
+    ``ValueError``.  Accesses are bounds-checked: ``ValueError`` when
+    ``[ptr, ptr + len)`` is not inside the memory.
+    """
+
+    cdef wasmtime_caller_t *_caller
+    cdef wasmtime_memory_t _memory
+    cdef bint _resolved
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("CallerMemory objects are made by host calls")
+
+    cdef int _get(self, uint8_t **base, size_t *size) except -1:
+        cdef wasmtime_extern_t item
+        if self._caller == NULL:
+            raise ValueError("CallerMemory used after its host call returned")
+        if not self._resolved:
+            if not c_caller_export_get(self._caller, "memory", 6, &item):
+                raise ValueError("the calling instance exports no memory named 'memory'")
+            if item.kind != WASMTIME_EXTERN_MEMORY:
+                if item.kind == WASMTIME_EXTERN_SHAREDMEMORY:
+                    c_extern_delete(&item)
+                raise ValueError("the calling instance exports no memory named 'memory'")
+            self._memory = item.of.memory
+            self._resolved = True
+        ctx = c_caller_context(self._caller)
+        size[0] = c_memory_data_size(ctx, &self._memory)
+        base[0] = c_memory_data(ctx, &self._memory)
+        return 0
+
+    def size(self):
+        """The current size of the caller's memory, in bytes."""
+        cdef uint8_t *base
+        cdef size_t size
+        self._get(&base, &size)
+        return size
+
+    def read(self, ptr, length):
+        """A copy of ``length`` bytes at ``ptr``."""
+        cdef uint8_t *base
+        cdef size_t size
+        cdef uint64_t p, n
+        self._get(&base, &size)
+        ptr = operator.index(ptr)
+        length = operator.index(length)
+        if not _span(ptr, length, size, &p, &n):
+            raise ValueError(f"out-of-bounds memory access: {_oob(ptr, length, size)}")
+        return PyBytes_FromStringAndSize(<char *>base + p, <Py_ssize_t>n)
+
+    def write(self, ptr, data):
+        """Copy ``data`` into the memory at ``ptr``."""
+        cdef uint8_t *base
+        cdef size_t size
+        cdef uint64_t p, n
+        cdef const char *src
+        self._get(&base, &size)
+        ptr = operator.index(ptr)
+        if isinstance(data, bytes):
+            src = PyBytes_AS_STRING(data)
+            length = PyBytes_GET_SIZE(data)
+        elif isinstance(data, bytearray):
+            src = PyByteArray_AS_STRING(data)
+            length = PyByteArray_GET_SIZE(data)
+        else:
+            data = _other_bytes(data)
+            src = PyBytes_AS_STRING(data)
+            length = PyBytes_GET_SIZE(data)
+        if not _span(ptr, length, size, &p, &n):
+            raise ValueError(f"out-of-bounds memory access: {_oob(ptr, length, size)}")
+        memcpy(base + p, src, n)
+
+
+cdef bint _span(object ptr, object length, size_t size, uint64_t *p, uint64_t *n) except -1:
+    """Whether [ptr, ptr + length) lies in a memory of ``size`` bytes (both ints)."""
+    cdef int overflow = 0
+    cdef long long a = PyLong_AsLongLongAndOverflow(ptr, &overflow)
+    if overflow or a < 0:
+        return False
+    cdef long long b = PyLong_AsLongLongAndOverflow(length, &overflow)
+    if overflow or b < 0:
+        return False
+    if <uint64_t>a + <uint64_t>b > size:  # both < 2**63: no wrap-around
+        return False
+    p[0] = <uint64_t>a
+    n[0] = <uint64_t>b
+    return True
+
+
+@cython.final
+cdef class _HostFunc:
+    """What one host import's trampoline needs; owned by the linker."""
+    cdef object callback
+    cdef bytes kinds        # one wasm_valkind_t per parameter
+    cdef Py_ssize_t nparams
+    cdef int result         # -1: no result, else its wasm_valkind_t
+
+
+cdef wasm_trap_t *_host_failure(object exc) noexcept:
+    # As wasmtime-py's trampoline: park the exception for the caller of the
+    # wasm call, and unwind wasm with a trap.
+    try:
+        _wasmtime_func.LAST_EXCEPTION = exc
+    except BaseException:
+        pass
+    return c_trap_new("python exception", 16)
+
+
+cdef wasm_trap_t *_host_trampoline(void *env, wasmtime_caller_t *caller,
+                                   wasmtime_val_raw_t *vals, size_t nvals) noexcept with gil:
+    cdef _HostFunc func = <_HostFunc>env
+    cdef CallerMemory mem
+    cdef const char *kinds
+    cdef Py_ssize_t i, n = func.nparams
+    try:
+        mem = CallerMemory.__new__(CallerMemory)
+        mem._caller = caller
+        try:
+            kinds = PyBytes_AS_STRING(func.kinds)
+            if n == 0:
+                result = func.callback(mem)
+            elif n == 1:
+                result = func.callback(mem, _get_int(&vals[0], kinds[0]))
+            elif n == 2:
+                result = func.callback(mem, _get_int(&vals[0], kinds[0]),
+                                       _get_int(&vals[1], kinds[1]))
+            elif n == 3:
+                result = func.callback(mem, _get_int(&vals[0], kinds[0]),
+                                       _get_int(&vals[1], kinds[1]),
+                                       _get_int(&vals[2], kinds[2]))
+            else:
+                args = [mem]
+                for i in range(n):
+                    args.append(_get_int(&vals[i], kinds[i]))
+                result = func.callback(*args)
+        finally:
+            mem._caller = NULL
+        if func.result < 0:
+            if result is not None:
+                raise WasmtimeError("callback produced results when it shouldn't")
+        else:
+            if not PyLong_Check(result):
+                raise TypeError("don't know how to convert %r to %s"
+                                % (result, _kind_name(<char>func.result)))
+            _set_int(&vals[0], <char>func.result, result)
+        return NULL
+    except BaseException as exc:
+        return _host_failure(exc)
+
+
+cdef void _host_release(void *env) noexcept nogil:
+    # Runs when wasmtime drops the function (linker and every store using it
+    # gone), from whatever thread drops it, usually without the GIL.
+    if Py_IsInitialized():
+        with gil:
+            Py_DECREF(<object>env)
+
+
+_TYPE_CODES = {"i": "i32", "I": "i64"}
+
+
+cdef list _parse_types(spec, str what):
+    if not isinstance(spec, str):
+        raise TypeError(f"{what} must be a str of type codes, got {type(spec).__name__}")
+    kinds = []
+    for code in spec:
+        kind = _TYPE_CODES.get(code)
+        if kind is None:
+            raise ValueError(f"unknown type code {code!r} in {what} {spec!r}; use 'i' (i32) or 'I' (i64)")
+        kinds.append(kind)
+    return kinds
+
+
+cdef tuple _check_host_func(linker, module, name, params, results, callback):
+    if not isinstance(linker, Linker):
+        raise TypeError(f"expected a wasmtime.Linker, got {type(linker).__name__}")
+    if not isinstance(module, str) or not isinstance(name, str):
+        raise TypeError("module and name must be str")
+    param_kinds = _parse_types(params, "params")
+    result_kinds = _parse_types(results, "results")
+    if len(result_kinds) > 1:
+        raise ValueError(f"a host function returns at most one result, got results {results!r}")
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    return param_kinds, result_kinds
+
+
+def define_host_func(linker, module, name, params, results, callback):
+    """Define ``module.name`` on ``linker`` as a call of ``callback(mem, *ints)``.
+
+    ``params`` / ``results`` are type codes, ``"i"`` for i32 and ``"I"`` for
+    i64 (e.g. ``"iii"`` and ``""``); at most one result.  ``mem`` is a
+    ``CallerMemory``.  The callback returns an int (wrapped to the result
+    type) or ``None`` when there is no result.
+    """
+    cdef _HostFunc func
+    cdef wasmtime_error_t *error
+    param_kinds, result_kinds = _check_host_func(linker, module, name, params, results, callback)
+    valtype = {"i32": ValType.i32, "i64": ValType.i64}
+    ty = FuncType([valtype[k]() for k in param_kinds], [valtype[k]() for k in result_kinds])
+    func = _HostFunc.__new__(_HostFunc)
+    func.callback = callback
+    func.kinds = bytes([WASM_I32 if k == "i32" else WASM_I64 for k in param_kinds])
+    func.nparams = len(param_kinds)
+    func.result = (WASM_I32 if result_kinds[0] == "i32" else WASM_I64) if result_kinds else -1
+    raw_module = module.encode("utf-8")
+    raw_name = name.encode("utf-8")
+    linker_ptr = <wasmtime_linker_t *>_address(linker.ptr())
+    ty_ptr = <wasm_functype_t *>_address(ty.ptr())
+    # The linker owns this reference from here on: wasmtime calls
+    # _host_release when it drops the function, also when defining fails.
+    Py_INCREF(func)
+    error = c_linker_define_func_unchecked(
+        linker_ptr, raw_module, len(raw_module), raw_name, len(raw_name), ty_ptr,
+        _host_trampoline, <void *>func, _host_release)
+    if error != NULL:
+        raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
