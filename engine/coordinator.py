@@ -84,7 +84,9 @@ def _state_for(error: WasmyardError | None) -> ExecutionState:
 class Coordinator:
     def __init__(self, settings: HubSettings | None = None, runtime: WasmRuntime | None = None) -> None:
         self.settings = settings or HubSettings()
-        self.runtime = runtime or WasmRuntime(Path(self.settings.state_dir) / "modules")
+        self.runtime = runtime or WasmRuntime(
+            Path(self.settings.state_dir) / "modules", max_memory_mib=self.settings.memory_budget_mib
+        )
         self._own_runtime = runtime is None
         self.resources = ResourceManager(self.settings.max_in_flight, self.settings.memory_budget_mib)
         self.scheduler = Scheduler(self.resources, self.settings.max_queue, self.settings.inline_threshold_us / 1e6)

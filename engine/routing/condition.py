@@ -368,7 +368,7 @@ def _string(text: str, start: int) -> tuple[str, int]:
 def _getter(steps: tuple[str | int, ...]) -> Getter:
     if not steps:
         return lambda p: p
-    if len(steps) == 1:
+    if len(steps) == 1 and type(steps[0]) is str:
         key = steps[0]
         return lambda p: p.get(key, MISSING) if type(p) is dict else MISSING  # type: ignore[attr-defined]
 

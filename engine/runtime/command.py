@@ -48,9 +48,12 @@ def _scratch() -> _Scratch:
 
 
 def _read_bounded(path: str, limit: int) -> tuple[bytes, bool]:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    return data[:limit], len(data) > limit
+    """At most ``limit`` bytes of a file, and whether it held more.  Sized by
+    fstat first: ``read(limit + 1)`` would allocate the whole limit every time."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(min(size, limit)) if size else b""
+    return data, size > limit
 
 
 def run_command(

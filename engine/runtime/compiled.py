@@ -16,6 +16,7 @@ import wasmtime
 from ..errors import InvalidModule
 from ..manifest import Manifest
 from .host import define_host_imports
+from .capi import use_pooling_allocator
 from .modules import ModuleCache, sha256_hex
 from .watchdog import Ticker
 
@@ -40,24 +41,32 @@ class CompiledTask:
 
 
 class _EngineSet:
-    def __init__(self, fuel: bool, cache_dir: Path | None) -> None:
+    def __init__(self, fuel: bool, cache_dir: Path | None, instances: int, max_memory_mib: int) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.consume_fuel = fuel
         config.cranelift_opt_level = "speed"
+        use_pooling_allocator(config, instances, max_memory_mib << 20)
         self.engine = wasmtime.Engine(config)
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
         define_host_imports(self.linker)
-        tag = hashlib.sha256(f"epoch=1;fuel={int(fuel)};opt=speed".encode()).hexdigest()[:12]
+        tag = hashlib.sha256(f"epoch=1;fuel={int(fuel)};opt=speed;alloc=pool".encode()).hexdigest()[:12]
         self.cache = ModuleCache(self.engine, tag, cache_dir)
 
 
 class WasmRuntime:
-    """Owns the Engines, the epoch ticker and the on-disk module cache."""
+    """Owns the Engines, the epoch ticker and the on-disk module cache.
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
-        self._sets = {False: _EngineSet(False, cache_dir), True: _EngineSet(True, cache_dir)}
+    ``instances`` bounds the live instances per Engine (pooled handlers plus
+    running commands) and ``max_memory_mib`` the linear memory of any one.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, instances: int = 1024, max_memory_mib: int = 4096) -> None:
+        self.max_memory_mib = max_memory_mib
+        self._sets = {
+            fuel: _EngineSet(fuel, cache_dir, instances, max_memory_mib) for fuel in (False, True)
+        }
         self._ticker = Ticker([s.engine for s in self._sets.values()])
         self._closed = False
 
