@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["HubSettings", "HubConfig", "load_config", "example_manifests", "default_state_dir"]
+__all__ = ["HubSettings", "EventSettings", "HubConfig", "load_config", "example_manifests", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
@@ -47,9 +47,22 @@ class HubSettings:
 
 
 @dataclass
+class EventSettings:
+    max_hops: int = 8
+    cloud_prefix: str = "cloud"
+    durable_max_events: int = 100_000
+    durable_max_mib: int = 64
+    durable_ttl_s: int = 86_400
+
+
+@dataclass
 class HubConfig:
     hub: HubSettings = field(default_factory=HubSettings)
     manifests: list[Path] = field(default_factory=list)
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    events: EventSettings = field(default_factory=EventSettings)
+    #: The MQTT bridge's settings ([mqtt] table); None: no broker, the bridge is off.
+    mqtt: dict[str, Any] | None = None
 
 
 def example_manifests() -> list[Path]:
@@ -59,17 +72,24 @@ def example_manifests() -> list[Path]:
     return sorted(p for root in wasm_tasks.__path__ for p in Path(root).glob("*/task.toml"))
 
 
-def _settings(raw: dict[str, Any], base: Path) -> HubSettings:
-    known = {f.name: f for f in fields(HubSettings)}
+def _table(cls: type, raw: Any, section: str, base: Path) -> Any:
+    """Fill dataclass ``cls`` from a TOML table: known keys only, types as declared."""
+    if not isinstance(raw, dict):
+        raise BadRequest(f"[{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise BadRequest(f"unknown key(s) in [hub]: {', '.join(unknown)}")
-    settings = HubSettings()
+        raise BadRequest(f"unknown key(s) in [{section}]: {', '.join(unknown)}")
+    settings = cls()
     for key, value in raw.items():
+        current = getattr(settings, key)
         if key == "state_dir":
             value = (base / os.path.expanduser(str(value))).resolve()
-        elif key != "host" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise BadRequest(f"[hub] {key} must be a non-negative integer, got {value!r}")
+        elif isinstance(current, str):
+            if not isinstance(value, str):
+                raise BadRequest(f"[{section}] {key} must be a string, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRequest(f"[{section}] {key} must be a non-negative integer, got {value!r}")
         setattr(settings, key, value)
     return settings
 
@@ -90,10 +110,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> HubConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadRequest(f"config {path or 'default'} is not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"hub", "tasks", "examples"})
+    unknown = sorted(set(raw) - {"hub", "tasks", "examples", "routes", "events", "mqtt"})
     if unknown:
         raise BadRequest(f"unknown section(s) in config: {', '.join(unknown)}")
-    config = HubConfig(hub=_settings(raw.get("hub", {}), base))
+    config = HubConfig(hub=_table(HubSettings, raw.get("hub", {}), "hub", base),
+                       events=_table(EventSettings, raw.get("events", {}), "events", base))
+    routes = raw.get("routes", [])
+    if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+        raise BadRequest("[[routes]] entries must be tables")
+    config.routes = routes
+    if "mqtt" in raw:
+        if not isinstance(raw["mqtt"], dict):
+            raise BadRequest("[mqtt] must be a table")
+        config.mqtt = dict(raw["mqtt"])
     if raw.get("examples", False):
         config.manifests.extend(example_manifests())
     for entry in raw.get("tasks", []):

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import HubSettings
 from .errors import (
@@ -97,6 +97,8 @@ class Coordinator:
         self._running: set[Future[Outcome]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        #: Called on the loop thread with (execution, outcome) when an execution ran to its end.
+        self.finished_hooks: list[Callable[[Execution, Outcome], None]] = []
         self.metrics.gauge("wasmyard_queue_depth", "Executions waiting for a grant.", lambda: self.scheduler.depth)
         self.metrics.gauge("wasmyard_in_flight", "Executions holding an environment.", lambda: self.resources.in_flight)
         self.metrics.gauge("wasmyard_tasks", "Registered tasks.", lambda: len(self.tasks))
@@ -285,6 +287,11 @@ class Coordinator:
         self.history.finished(execution)
         self.scheduler.release(entry.slot)
         execution.notify()
+        for hook in self.finished_hooks:
+            try:
+                hook(execution, outcome)
+            except Exception:  # a hook's bug must not stop the scheduler
+                log.exception("finished hook failed task=%s id=%s", execution.task, execution.id)
         self._pump()
 
     def _finish_unstarted(self, execution: Execution, state: ExecutionState, reason: str) -> None:

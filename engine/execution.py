@@ -26,7 +26,7 @@ class Execution:
     __slots__ = (
         "id", "task", "state", "input", "output", "error", "logs", "exit_code", "priority",
         "entry_id", "created_at", "created_ns", "started_ns", "finished_ns", "watch",
-        "cancel_requested", "_future",
+        "cancel_requested", "hops", "_future",
     )
 
     def __init__(self, task: str, data: bytes, priority: int) -> None:
@@ -46,6 +46,7 @@ class Execution:
         self.finished_ns = 0
         self.watch: Any = None
         self.cancel_requested = False
+        self.hops = 0  # events this execution publishes are one hop further
         self._future: asyncio.Future[None] | None = None
 
     def set_watch(self, watch: Any) -> None:

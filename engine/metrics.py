@@ -7,7 +7,7 @@ from the event loop thread).
 from __future__ import annotations
 
 import bisect
-from typing import Callable
+from typing import Callable, Mapping
 
 __all__ = ["Metrics", "BUCKETS_S"]
 
@@ -38,6 +38,7 @@ class Metrics:
         self.durations: dict[str, _Histogram] = {}
         self.rejected: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.families: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def execution_finished(self, task: str, state: str, duration_s: float | None) -> None:
         key = (task, state)
@@ -53,6 +54,10 @@ class Metrics:
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
+
+    def family(self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A counter family kept elsewhere (``read`` returns label value → count), read at scrape time."""
+        self.families[name] = (help_text, label, read)
 
     def render(self) -> str:
         out: list[str] = [
@@ -80,6 +85,10 @@ class Metrics:
         ]
         for reason, n in sorted(self.rejected.items()):
             out.append(f'wasmyard_rejected_total{{reason="{reason}"}} {n}')
+        for name, (help_text, label, read_family) in sorted(self.families.items()):
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            for value, n in sorted(read_family().items()):
+                out.append(f'{name}{{{label}="{_esc(value)}"}} {n}')
         for name, (help_text, read) in sorted(self.gauges.items()):
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(out) + "\n"

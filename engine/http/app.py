@@ -17,10 +17,13 @@ from aiohttp import web
 import fastpath
 
 from ..coordinator import Coordinator
-from ..errors import BadRequest, InvalidManifest, NotFinished, PayloadTooLarge
+from ..errors import BadRequest, InvalidManifest, NotFinished
 from ..execution import Execution
 from ..manifest import decode_manifest, manifest_from_dict
+from ..events.flow import EventFlow
+from .body import read_body
 from .errors import error_middleware, error_response
+from .events import add_event_routes
 
 __all__ = ["create_app", "COORDINATOR", "MAX_MODULE_BYTES"]
 
@@ -43,20 +46,6 @@ def _execution_headers(ex: Execution) -> dict[str, str]:
     return headers
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; 413 as soon as the body is known to be larger."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body of {request.content_length} bytes is over the limit of {limit} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _priority(request: web.Request) -> int | None:
     raw = request.query.get("priority")
     if raw is None:
@@ -74,7 +63,7 @@ class Handlers:
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        data = await _read_body(request, self.max_body)
+        data = await read_body(request, self.max_body)
         mode = request.query.get("mode", "sync")
         if mode == "async":
             ex = self.co.submit(name, data, _priority(request))
@@ -164,7 +153,7 @@ async def _task_upload(request: web.Request) -> tuple[Any, bytes]:
         if raw is None or wasm is None:
             raise BadRequest("multipart upload needs a 'manifest' part and a 'module' part")
         return raw, wasm
-    body = await _read_body(request, MAX_MODULE_BYTES * 2)
+    body = await read_body(request, MAX_MODULE_BYTES * 2)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -181,7 +170,7 @@ async def _task_upload(request: web.Request) -> tuple[Any, bytes]:
     return manifest, wasm
 
 
-def create_app(coordinator: Coordinator) -> web.Application:
+def create_app(coordinator: Coordinator, flow: EventFlow | None = None) -> web.Application:
     max_body = coordinator.settings.max_body_kib << 10
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_MODULE_BYTES * 2)
     app[COORDINATOR] = coordinator
@@ -197,4 +186,6 @@ def create_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/openapi.json", h.openapi)
+    if flow is not None:
+        add_event_routes(app, flow, max_body)
     return app

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,16 @@ def _routes() -> set[tuple[str, str]]:
     from engine.http.app import create_app
     import tempfile
 
-    co = Coordinator(HubSettings(state_dir=tempfile.mkdtemp()))
+    from engine.events.flow import EventFlow
+
+    async def build() -> Any:
+        co = Coordinator(HubSettings(state_dir=tempfile.mkdtemp()))
+        return co, create_app(co, EventFlow(co))
+
+    import asyncio
+
+    co, app = asyncio.run(build())
     try:
-        app = create_app(co)
         found = set()
         for route in app.router.routes():
             if route.method == "HEAD":
