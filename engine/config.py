@@ -40,6 +40,7 @@ class HubSettings:
     inline_threshold_us: int = 500
     workers: int = 0
     history: int = 10_000
+    max_instances: int = 512
 
     @property
     def worker_threads(self) -> int:
@@ -123,9 +124,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> HubConfig:
         if not isinstance(raw["mqtt"], dict):
             raise BadRequest("[mqtt] must be a table")
         config.mqtt = dict(raw["mqtt"])
-    if raw.get("examples", False):
+    examples = raw.get("examples", False)
+    if not isinstance(examples, bool):
+        raise BadRequest(f"examples must be true or false, got {examples!r}")
+    if examples:
         config.manifests.extend(example_manifests())
-    for entry in raw.get("tasks", []):
+    tasks = raw.get("tasks", [])
+    if not isinstance(tasks, list):
+        raise BadRequest("tasks must be a list of [[tasks]] tables")
+    for entry in tasks:
         if not isinstance(entry, dict) or not isinstance(entry.get("manifest"), str):
             raise BadRequest("each [[tasks]] entry needs a 'manifest' path")
         config.manifests.append((base / entry["manifest"]).resolve())

@@ -85,7 +85,9 @@ class Coordinator:
     def __init__(self, settings: HubSettings | None = None, runtime: WasmRuntime | None = None) -> None:
         self.settings = settings or HubSettings()
         self.runtime = runtime or WasmRuntime(
-            Path(self.settings.state_dir) / "modules", max_memory_mib=self.settings.memory_budget_mib
+            Path(self.settings.state_dir) / "modules",
+            instances=self.settings.max_instances,
+            max_memory_mib=self.settings.memory_budget_mib,
         )
         self._own_runtime = runtime is None
         self.resources = ResourceManager(self.settings.max_in_flight, self.settings.memory_budget_mib)
@@ -97,6 +99,7 @@ class Coordinator:
         self._running: set[Future[Outcome]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._pumping = False
         #: Called on the loop thread with (execution, outcome) when an execution ran to its end.
         self.finished_hooks: list[Callable[[Execution, Outcome], None]] = []
         self.metrics.gauge("wasmyard_queue_depth", "Executions waiting for a grant.", lambda: self.scheduler.depth)
@@ -173,6 +176,7 @@ class Coordinator:
             self.metrics.rejected_request("queue_full")
             raise
         self.history.add(execution)
+        self._pump()  # other tasks may have room even though something waits
         return execution
 
     async def invoke(self, name: str, data: bytes, priority: int | None = None) -> Execution:
@@ -217,17 +221,16 @@ class Coordinator:
 
     def _finished_in_thread(self, future: Future[Outcome], entry: TaskEntry, execution: Execution) -> None:
         self._running.discard(future)
-        try:
-            outcome = future.result()
-        except Exception as exc:  # a host bug: record it, keep serving
-            log.exception("execution crashed in the host task=%s id=%s", execution.task, execution.id)
-            outcome = Outcome(error=HostError(f"internal error while running task {execution.task!r}: {exc}"))
-        self._finish(entry, execution, outcome)
+        self._finish(entry, execution, future.result())
 
     def _run(self, entry: TaskEntry, execution: Execution) -> Outcome:
-        """Runs inline or on a worker thread; touches no coordinator state."""
+        """Runs inline or on a worker thread; touches no coordinator state, never raises."""
         started = time.perf_counter()
-        outcome = self._run_environment(entry, execution)
+        try:
+            outcome = self._run_environment(entry, execution)
+        except Exception as exc:  # a host failure (e.g. no instance slot left): record it, keep serving
+            log.exception("execution failed in the host task=%s id=%s", execution.task, execution.id)
+            outcome = Outcome(error=HostError(f"the hub could not run task {execution.task!r}: {exc}"))
         outcome.run_s = time.perf_counter() - started
         return outcome
 
@@ -302,14 +305,24 @@ class Coordinator:
         execution.notify()
 
     def _pump(self) -> None:
-        """Start queued executions while grants are available."""
-        tasks = self.tasks
-        while True:
-            execution = self.scheduler.next_ready(self._slot_for)
-            if execution is None:
-                return
-            entry = tasks.get(execution.task)
-            self._start(entry, execution)  # type: ignore[arg-type]
+        """Start queued executions while grants are available.
+
+        Not re-entrant: an inline execution finishing inside the loop below
+        would call it again; the loop itself picks up what that frees, so the
+        stack stays flat however long the queue is.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            tasks = self.tasks
+            while True:
+                execution = self.scheduler.next_ready(self._slot_for)
+                if execution is None:
+                    return
+                self._start(tasks[execution.task], execution)
+        finally:
+            self._pumping = False
 
     def _slot_for(self, execution: Execution) -> TaskSlot:
         return self.tasks[execution.task].slot

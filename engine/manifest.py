@@ -134,9 +134,13 @@ def _permissions(raw: Any) -> Permissions:
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise InvalidManifest("permissions.env must map names to string values")
     dirs = []
-    for item in raw.get("dirs", []):
+    raw_dirs = raw.get("dirs", [])
+    if not isinstance(raw_dirs, list):
+        raise InvalidManifest("permissions.dirs must be a list of {host, guest, mode} tables")
+    for item in raw_dirs:
         if not isinstance(item, dict) or not isinstance(item.get("host"), str) or not isinstance(item.get("guest"), str):
             raise InvalidManifest("each permissions.dirs entry needs string 'host' and 'guest'")
+        _only(item, {"host", "guest", "mode"}, "a permissions.dirs entry")
         mode = item.get("mode", "ro")
         if mode not in ("ro", "rw"):
             raise InvalidManifest(f"permissions.dirs mode must be 'ro' or 'rw', got {mode!r}")
@@ -150,7 +154,7 @@ def manifest_from_dict(raw: Any) -> Manifest:
         raise InvalidManifest("a manifest must be a table/object")
     _only(raw, _TOP_KEYS, "manifest")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidManifest(f"name must match {NAME_RE.pattern}, got {name!r}")
     kind = raw.get("kind")
     if kind not in KINDS:

@@ -2,8 +2,9 @@
 
 Order: higher priority first, FIFO within a priority (``fastpath``'s queue).
 An entry whose task is at its concurrency cap is parked on that task — with
-its original entry id — and put back when one of the task's executions ends,
-so a busy task never blocks the tasks queued behind it and loses no place.
+its original entry id — and its best parked entry is put back when one of the
+task's executions ends, so a busy task never blocks the tasks queued behind
+it and loses no place.
 
 Placement: a handler whose recent executions are short runs inline on the
 event loop (no thread hop, ~10 µs saved); everything else — commands, slow or
@@ -13,7 +14,7 @@ leave the loop by itself.  The scheduler decides, not the task.
 """
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from typing import Any
 
 import fastpath
@@ -33,7 +34,9 @@ class Scheduler:
         self.max_queue = max_queue
         self.inline_threshold_s = inline_threshold_s
         self._queue = fastpath.PriorityQueue()
-        self._parked: dict[str, deque[tuple[int, int, Any]]] = {}
+        # Per task at its cap: a heap of (-priority, entry_id, item); entry ids are unique,
+        # so items are never compared.
+        self._parked: dict[str, list[tuple[int, int, Any]]] = {}
         self._parked_count = 0
 
     @property
@@ -41,7 +44,8 @@ class Scheduler:
         return len(self._queue) + self._parked_count
 
     def try_start_now(self, slot: TaskSlot) -> bool:
-        """Skip the queue when nothing waits and a grant is free (the common case)."""
+        """Skip the queue when nothing waits and a grant is free (the common case).
+        Otherwise the caller enqueues and pumps, and the order decides."""
         return not self._queue and not self._parked_count and self.resources.try_acquire(slot)
 
     def enqueue(self, item: Any, priority: int) -> int:
@@ -50,37 +54,54 @@ class Scheduler:
         return self._queue.push(item, priority)
 
     def next_ready(self, slot_of: Any) -> Any | None:
-        """Pop the next runnable item and acquire its grant; ``slot_of(item)`` gives its TaskSlot."""
+        """Pop the next runnable item and acquire its grant; ``slot_of(item)`` gives its TaskSlot.
+
+        An item whose task is at its own cap is parked on the task; an item
+        the hub-wide budget refuses goes back to the head of the queue, and
+        nothing behind it jumps ahead (it would starve a large task forever).
+        """
         queue = self._queue
-        while queue and self.resources.has_capacity():
+        resources = self.resources
+        while queue and resources.has_capacity():
             entry_id, priority, item = queue.pop_entry()
             slot = slot_of(item)
-            if self.resources.try_acquire(slot):
+            if slot.in_flight >= slot.max_concurrency:
+                heapq.heappush(self._parked.setdefault(slot.name, []), (-priority, entry_id, item))
+                self._parked_count += 1
+                continue
+            if resources.try_acquire(slot):
                 return item
-            self._parked.setdefault(slot.name, deque()).append((entry_id, priority, item))
-            self._parked_count += 1
+            queue.repush(item, priority, entry_id)
+            return None
         return None
 
-    def release(self, slot: TaskSlot) -> None:
-        """An execution of ``slot``'s task ended: free its grant and unpark the task's next entry."""
-        self.resources.release(slot)
-        parked = self._parked.get(slot.name)
+    def _unpark_one(self, task: str) -> None:
+        parked = self._parked.get(task)
         if parked:
-            entry_id, priority, item = parked.popleft()
+            neg_priority, entry_id, item = heapq.heappop(parked)
             self._parked_count -= 1
             if not parked:
-                del self._parked[slot.name]
-            self._queue.repush(item, priority, entry_id)
+                del self._parked[task]
+            self._queue.repush(item, -neg_priority, entry_id)
+
+    def release(self, slot: TaskSlot) -> None:
+        """An execution of ``slot``'s task ended: free its grant and unpark the task's best entry."""
+        self.resources.release(slot)
+        self._unpark_one(slot.name)
 
     def remove(self, entry_id: int, task: str) -> bool:
-        """Withdraw a queued entry (a cancel); True if it was still waiting."""
+        """Withdraw a waiting entry (a cancel); True if it was still waiting."""
         if self._queue.remove(entry_id):
+            # It may have been the entry a release just unparked: give its turn to the next.
+            self._unpark_one(task)
             return True
         parked = self._parked.get(task)
         if parked:
             for i, entry in enumerate(parked):
-                if entry[0] == entry_id:
-                    del parked[i]
+                if entry[1] == entry_id:
+                    parked[i] = parked[-1]
+                    parked.pop()
+                    heapq.heapify(parked)
                     self._parked_count -= 1
                     if not parked:
                         del self._parked[task]
@@ -89,9 +110,9 @@ class Scheduler:
 
     def drop_task(self, task: str) -> list[Any]:
         """Remove every parked entry of a task being deleted; the caller cancels them."""
-        parked = self._parked.pop(task, deque())
+        parked = self._parked.pop(task, [])
         self._parked_count -= len(parked)
-        return [item for _, _, item in parked]
+        return [item for _, _, item in sorted(parked)]
 
     def inline(self, slot: TaskSlot) -> bool:
         return slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s

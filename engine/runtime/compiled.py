@@ -54,6 +54,10 @@ class _EngineSet:
         tag = hashlib.sha256(f"epoch=1;fuel={int(fuel)};opt=speed;alloc=pool".encode()).hexdigest()[:12]
         self.cache = ModuleCache(self.engine, tag, cache_dir)
 
+    def close(self) -> None:
+        self.linker.close()
+        self.engine.close()
+
 
 class WasmRuntime:
     """Owns the Engines, the epoch ticker and the on-disk module cache.
@@ -62,13 +66,22 @@ class WasmRuntime:
     running commands) and ``max_memory_mib`` the linear memory of any one.
     """
 
-    def __init__(self, cache_dir: Path | None = None, instances: int = 1024, max_memory_mib: int = 4096) -> None:
+    def __init__(self, cache_dir: Path | None = None, instances: int = 512, max_memory_mib: int = 4096) -> None:
         self.max_memory_mib = max_memory_mib
-        self._sets = {
-            fuel: _EngineSet(fuel, cache_dir, instances, max_memory_mib) for fuel in (False, True)
-        }
-        self._ticker = Ticker([s.engine for s in self._sets.values()])
+        self._cache_dir = cache_dir
+        self._instances = instances
+        # The fuel Engine (and its share of address space) only exists once a task asks for fuel.
+        self._sets: dict[bool, _EngineSet] = {False: _EngineSet(False, cache_dir, instances, max_memory_mib)}
+        self._engines = [self._sets[False].engine]
+        self._ticker = Ticker(self._engines)
         self._closed = False
+
+    def _engine_set(self, fuel: bool) -> _EngineSet:
+        engines = self._sets.get(fuel)
+        if engines is None:
+            engines = self._sets[fuel] = _EngineSet(fuel, self._cache_dir, self._instances, self.max_memory_mib)
+            self._engines.append(engines.engine)
+        return engines
 
     def cache_stats(self) -> dict[str, int]:
         return {
@@ -79,7 +92,7 @@ class WasmRuntime:
     def compile(self, manifest: Manifest, wasm: bytes) -> CompiledTask:
         """Validate, compile (or load from cache) and link a task; InvalidModule says why not."""
         digest = sha256_hex(wasm)
-        engines = self._sets[manifest.limits.fuel is not None]
+        engines = self._engine_set(manifest.limits.fuel is not None)
         module = engines.cache.load(wasm, digest)
         _check_shape(manifest, module)
         try:
@@ -89,10 +102,15 @@ class WasmRuntime:
         return CompiledTask(manifest, digest, len(wasm), module, pre, engines.engine)
 
     def close(self) -> None:
+        """Stop the ticker and drop our references to the Engines, whose pooled
+        address space is returned once the last module and store using it go."""
         if self._closed:
             return
         self._closed = True
         self._ticker.close()
+        for engines in self._sets.values():
+            engines.close()
+        self._sets.clear()
 
 
 def _check_shape(manifest: Manifest, module: wasmtime.Module) -> None:
@@ -103,6 +121,14 @@ def _check_shape(manifest: Manifest, module: wasmtime.Module) -> None:
                 f"task {manifest.name!r} imports {imp.module}.{imp.name}; only "
                 f"{' and '.join(ALLOWED_IMPORT_MODULES)} imports are provided"
             )
+    for mem_type in list(exports.values()) + [imp.type for imp in module.imports]:
+        if isinstance(mem_type, wasmtime.MemoryType):
+            minimum = mem_type.limits.min * 65536
+            if minimum > manifest.limits.memory_bytes:
+                raise InvalidModule(
+                    f"task {manifest.name!r} needs {minimum / (1 << 20):g} MiB of memory at start, "
+                    f"more than its limit of {manifest.limits.memory_mib} MiB"
+                )
     if manifest.kind == "command":
         if not isinstance(exports.get("_start"), wasmtime.FuncType):
             raise InvalidModule(f"command task {manifest.name!r} must export a WASI _start function")
@@ -113,11 +139,3 @@ def _check_shape(manifest: Manifest, module: wasmtime.Module) -> None:
             f"handler task {manifest.name!r} is missing export(s) {', '.join(missing)} "
             "(see the handler ABI in wasm_tasks/README.md)"
         )
-    for mem in module.exports:
-        if mem.name == "memory" and isinstance(mem.type, wasmtime.MemoryType):
-            minimum = mem.type.limits.min * 65536
-            if minimum > manifest.limits.memory_bytes:
-                raise InvalidModule(
-                    f"task {manifest.name!r} needs {minimum >> 20} MiB of memory at start, "
-                    f"more than its limit of {manifest.limits.memory_mib} MiB"
-                )
