@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import wasmtime
-from conftest import EXAMPLES, twin_params
+from twins import EXAMPLES, twin_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
