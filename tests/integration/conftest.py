@@ -27,3 +27,5 @@ def small_hub(tmp_path: Path) -> Iterator[HubProcess]:
     process = HubProcess(tmp_path / "state", config)
     yield process
     process.stop()
+
+from conftest_mqtt import broker_fixture  # noqa: E402,F401  (the `broker` fixture)
