@@ -101,6 +101,8 @@ class EventFlow:
                        "dropped:<reason>, queued:<reason>, delivered:durable).", "outcome", self.counters.copy)
         metrics.family("wasmyard_routing_total", "Routing table decisions.", "decision",
                        lambda: self.table.counters.as_dict())
+        if devices is not None and hasattr(devices, "stats"):
+            metrics.family("wasmyard_mqtt", "MQTT bridge state and message counts.", "stat", devices.stats)
 
     # -- the table ----------------------------------------------------------
 

@@ -57,9 +57,10 @@ def _priority(request: web.Request) -> int | None:
 
 
 class Handlers:
-    def __init__(self, coordinator: Coordinator, max_body: int) -> None:
+    def __init__(self, coordinator: Coordinator, max_body: int, flow: EventFlow | None) -> None:
         self.co = coordinator
         self.max_body = max_body
+        self.flow = flow
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -118,15 +119,17 @@ class Handlers:
         return web.Response(status=204)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "status": "ok",
-                "tasks": len(self.co.tasks),
-                "in_flight": self.co.resources.in_flight,
-                "queue_depth": self.co.scheduler.depth,
-                "fastpath": fastpath.IMPLEMENTATION,
-            }
-        )
+        doc: dict[str, Any] = {
+            "status": "ok",
+            "tasks": len(self.co.tasks),
+            "in_flight": self.co.resources.in_flight,
+            "queue_depth": self.co.scheduler.depth,
+            "fastpath": fastpath.IMPLEMENTATION,
+        }
+        devices = self.flow.devices if self.flow is not None else None
+        if devices is not None and hasattr(devices, "stats"):
+            doc["mqtt"] = devices.stats()
+        return _json(doc)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.co.metrics.render(), content_type="text/plain", charset="utf-8",
@@ -174,7 +177,7 @@ def create_app(coordinator: Coordinator, flow: EventFlow | None = None) -> web.A
     max_body = coordinator.settings.max_body_kib << 10
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_MODULE_BYTES * 2)
     app[COORDINATOR] = coordinator
-    h = Handlers(coordinator, max_body)
+    h = Handlers(coordinator, max_body, flow)
     app.router.add_post("/tasks/{name}/invoke", h.invoke)
     app.router.add_get("/executions/{id}", h.get_execution)
     app.router.add_get("/executions/{id}/output", h.get_output)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 __all__ = ["Condition", "ConditionError", "MISSING", "compile_condition"]
 
@@ -84,6 +84,12 @@ class _Missing:
 #: What a path yields when the payload does not have it.
 MISSING: Any = _Missing()
 
+class _Path(NamedTuple):
+    get: Getter
+    key: str | None  # the key when the path is one top-level key: read inline
+
+
+_IS_TRUE: Evaluate = lambda v: v is True  # noqa: E731
 _KEYWORDS = frozenset({"and", "or", "not", "in", "exists", "true", "false", "null"})
 _CONSTANTS = {"true": True, "false": False, "null": None}
 _TOKEN = re.compile(r"""\s*(?:
@@ -168,7 +174,7 @@ Token = tuple[str, Any, int, int]  # kind, value, start, end
 
 
 class _Parser:
-    """Recursive descent straight into closures; an operand is ("const", value) or ("path", getter)."""
+    """Recursive descent straight into closures; an operand is ("const", value) or ("path", _Path)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -242,7 +248,7 @@ class _Parser:
             self.expect("punct", "(", "'(' after 'exists'")
             if not self.at_path():
                 self.fail("a field path")
-            get = self.path()
+            get = self.path().get
             self.expect("punct", ")", "')'")
             return lambda p: get(p) is not MISSING
         return self.comparison()
@@ -262,8 +268,7 @@ class _Parser:
                 self.fail("a list or a field path")
             return _compile_in(left, self.operand("a list"), negate)
         if left[0] == "path":
-            get = left[1]
-            return lambda p: get(p) is True
+            return _on(left[1], _IS_TRUE)
         if type(left[1]) is bool:
             constant = left[1]
             return lambda p: constant
@@ -278,7 +283,7 @@ class _Parser:
             return ("path", self.path())
         return ("const", self.literal(expected))
 
-    def path(self) -> Getter:
+    def path(self) -> _Path:
         self.reads_fields = True
         steps: list[str | int] = [] if self.accept("punct", "$") else [self.take()[1]]
         while True:
@@ -293,7 +298,8 @@ class _Parser:
                 steps.append(self.take()[1])
                 self.expect("punct", "]", "']'")
             else:
-                return _getter(tuple(steps))
+                key = steps[0] if len(steps) == 1 and type(steps[0]) is str else None
+                return _Path(_getter(tuple(steps)), key)  # type: ignore[arg-type]
 
     def literal(self, expected: str) -> object:
         kind, value, _, _ = self.peek()
@@ -389,23 +395,50 @@ def _getter(steps: tuple[str | int, ...]) -> Getter:
 
 
 def _any(terms: list[Evaluate]) -> Evaluate:
-    if len(terms) == 1:
-        return terms[0]
-    if len(terms) == 2:
-        a, b = terms
-        return lambda p: a(p) or b(p)
-    every = tuple(terms)
-    return lambda p: any(term(p) for term in every)
+    """``or`` of the terms, left to right, as a balanced tree of closures (no deep recursion)."""
+    while len(terms) > 1:
+        terms = [_either(*terms[i:i + 2]) for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def _all(terms: list[Evaluate]) -> Evaluate:
-    if len(terms) == 1:
-        return terms[0]
-    if len(terms) == 2:
-        a, b = terms
-        return lambda p: a(p) and b(p)
-    every = tuple(terms)
-    return lambda p: all(term(p) for term in every)
+    """``and`` of the terms, left to right, as a balanced tree of closures."""
+    while len(terms) > 1:
+        terms = [_both(*terms[i:i + 2]) for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def _either(a: Evaluate, b: Evaluate | None = None) -> Evaluate:
+    return a if b is None else lambda p: a(p) or b(p)
+
+
+def _both(a: Evaluate, b: Evaluate | None = None) -> Evaluate:
+    return a if b is None else lambda p: a(p) and b(p)
+
+
+def _on(path: _Path, test: Evaluate) -> Evaluate:
+    """``test`` applied to the value at ``path``; a missing value is false.  A
+    top-level key is read inline: one closure call per comparison."""
+    key = path.key
+    if key is not None:
+        return lambda p: type(p) is dict and (v := p.get(key, MISSING)) is not MISSING and test(v)
+    get = path.get
+    return lambda p: (v := get(p)) is not MISSING and test(v)
+
+
+def _number_test(op: str, c: object) -> Evaluate:
+    """A field against a number: the type check and the operator, in one closure."""
+    if op == "==":
+        return lambda v: (type(v) is int or type(v) is float) and v == c
+    if op == "!=":
+        return lambda v: not ((type(v) is int or type(v) is float) and v == c)
+    if op == "<":
+        return lambda v: (type(v) is int or type(v) is float) and v < c  # type: ignore[operator]
+    if op == "<=":
+        return lambda v: (type(v) is int or type(v) is float) and v <= c  # type: ignore[operator]
+    if op == ">":
+        return lambda v: (type(v) is int or type(v) is float) and v > c  # type: ignore[operator]
+    return lambda v: (type(v) is int or type(v) is float) and v >= c  # type: ignore[operator]
 
 
 def _compile_compare(op: str, left: tuple[str, Any], right: tuple[str, Any]) -> Evaluate:
@@ -414,26 +447,19 @@ def _compile_compare(op: str, left: tuple[str, Any], right: tuple[str, Any]) -> 
         return lambda p: constant
     if left[0] == "const":
         op, left, right = _FLIP[op], right, left
-    get = left[1]
     if right[0] == "path":
-        other = right[1]
+        get, other = left[1].get, right[1].get
         return lambda p: _compare(op, get(p), other(p))
     c = right[1]
     tc = type(c)
-    if tc in _NUMBER and op in _ORDER:
-        order = _ORDER[op]
-
-        def number_order(p: object) -> bool:
-            v = get(p)
-            t = type(v)
-            return (t is int or t is float) and order(v, c)
-        return number_order
+    if tc in _NUMBER:
+        return _on(left[1], _number_test(op, c))
     if (tc is str or tc is bool or c is None) and op in ("==", "!="):
         # Scalars whose JSON equality is the type check plus Python equality.
         if op == "==":
-            return lambda p: type(v := get(p)) is tc and v == c
-        return lambda p: (v := get(p)) is not MISSING and not (type(v) is tc and v == c)
-    return lambda p: _compare(op, get(p), c)
+            return _on(left[1], lambda v: type(v) is tc and v == c)
+        return _on(left[1], lambda v: not (type(v) is tc and v == c))
+    return _on(left[1], lambda v: _compare(op, v, c))
 
 
 def _scalar_key(x: object) -> tuple[str, object]:
@@ -442,10 +468,24 @@ def _scalar_key(x: object) -> tuple[str, object]:
     return ("b" if t is bool else "n" if t in _NUMBER else "s" if t is str else "z", x)
 
 
+def _member_of(c: object) -> Evaluate:
+    """Whether a list holds an element JSON-equal to the constant ``c``."""
+    tc = type(c)
+    if tc is str or c is None:  # Python equality already refuses every other type
+        return lambda items: c in items  # type: ignore[operator]
+    if tc is bool:
+        return lambda items: any(x is c for x in items)  # type: ignore[attr-defined]
+    if tc in _NUMBER:
+        return lambda items: any((type(x) is int or type(x) is float) and x == c for x in items)  # type: ignore[attr-defined]
+    return lambda items: any(_json_eq(c, x) for x in items)  # type: ignore[attr-defined]
+
+
 def _compile_in(left: tuple[str, Any], right: tuple[str, Any], negate: bool) -> Evaluate:
     if right[0] == "path":
-        items = right[1]
-        get = left[1] if left[0] == "path" else (lambda p, c=left[1]: c)
+        if left[0] == "const":
+            member = _member_of(left[1])
+            return _on(right[1], lambda v: type(v) is list and member(v) != negate)
+        get, items = left[1].get, right[1].get
 
         def in_field(p: object) -> bool:
             found, x = items(p), get(p)
@@ -456,11 +496,10 @@ def _compile_in(left: tuple[str, Any], right: tuple[str, Any], negate: bool) -> 
     values = right[1]
     if all(type(v) not in (list, dict) for v in values):
         keys = frozenset(map(_scalar_key, values))
-        member: Evaluate = lambda x: type(x) is not list and type(x) is not dict and _scalar_key(x) in keys
+        test: Evaluate = lambda x: (type(x) is not list and type(x) is not dict and _scalar_key(x) in keys) != negate
     else:
-        member = lambda x: any(_json_eq(x, v) for v in values)
+        test = lambda x: any(_json_eq(x, v) for v in values) != negate
     if left[0] == "const":
-        constant = member(left[1]) != negate
+        constant = test(left[1])
         return lambda p: constant
-    get = left[1]
-    return lambda p: (x := get(p)) is not MISSING and member(x) != negate
+    return _on(left[1], test)

@@ -8,17 +8,24 @@ once, so ``restart()`` brings the broker back where clients expect it.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Broker", "free_port"]
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = ["Broker", "Peer", "free_port", "Received"]
+
+Received = list[tuple[str, bytes, int]]
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -153,3 +160,26 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"<Broker {self.kind} 127.0.0.1:{self.port} {'running' if self.running else 'stopped'}>"
+
+
+class Peer:
+    """A device or cloud client: paho with its own thread, outside the bridge."""
+
+    def __init__(self, port: int, subscribe: str | None = None, qos: int = 1) -> None:
+        self.messages: Received = []
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{secrets.token_hex(3)}")
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), m.qos))
+        self.client.on_subscribe = lambda c, u, mid, rc, p: self._subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if subscribe is not None:
+            self.client.subscribe(subscribe, qos)
+            assert self._subscribed.wait(5), "peer subscription not acknowledged"
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

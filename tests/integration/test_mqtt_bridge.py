@@ -3,25 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import Broker
+from broker import Broker, Peer, Received
 from conftest_mqtt import broker_fixture  # noqa: F401  (the "broker" fixture)
 from engine.comms import Backoff, MqttBridge, MqttSettings
 from engine.errors import BadRequest
 
 pytestmark = pytest.mark.integration
-
-Received = list[tuple[str, bytes, int]]
-
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
@@ -34,29 +28,6 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
-
-
-class Peer:
-    """A device or cloud client: paho with its own thread, outside the bridge."""
-
-    def __init__(self, port: int, subscribe: str | None = None, qos: int = 1) -> None:
-        self.messages: Received = []
-        self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{secrets.token_hex(3)}")
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), m.qos))
-        self.client.on_subscribe = lambda c, u, mid, rc, p: self._subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if subscribe is not None:
-            self.client.subscribe(subscribe, qos)
-            assert self._subscribed.wait(5), "peer subscription not acknowledged"
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.client.publish(topic, payload, qos).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def delivered(b: Broker, messages: Received, granted: int) -> Received:
