@@ -162,7 +162,7 @@ class Coordinator:
         if entry is None:
             raise UnknownTask(name)
         limits = entry.manifest.limits
-        if len(data) > limits.max_input_kib << 10:
+        if len(data) > limits.max_input_bytes:
             self.metrics.rejected_request("input_too_large")
             raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of {limits.max_input_kib} KiB")
         execution = Execution(name, data, entry.manifest.priority if priority is None else priority)
@@ -280,7 +280,7 @@ class Coordinator:
     def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
         execution.finished_ns = time.perf_counter_ns()
         duration_s = (execution.finished_ns - execution.started_ns) / 1e9
-        self.scheduler.record(entry.slot, outcome.run_s)
+        self.scheduler.record(entry.slot, outcome.run_s, isinstance(outcome.error, TaskTimedOut))
         execution.output = outcome.output
         execution.error = outcome.error
         execution.logs = outcome.logs
@@ -295,7 +295,8 @@ class Coordinator:
                 hook(execution, outcome)
             except Exception:  # a hook's bug must not stop the scheduler
                 log.exception("finished hook failed task=%s id=%s", execution.task, execution.id)
-        self._pump()
+        if self.scheduler.queue:
+            self._pump()
 
     def _finish_unstarted(self, execution: Execution, state: ExecutionState, reason: str) -> None:
         execution.transition(state)

@@ -39,14 +39,18 @@ class Limits:
     fuel: int | None = None
     max_output_kib: int = 1024
     max_input_kib: int = 1024
+    # Derived once here: the hot path reads them on every execution.
+    memory_bytes: int = field(init=False, repr=False, compare=False)
+    max_output_bytes: int = field(init=False, repr=False, compare=False)
+    max_input_bytes: int = field(init=False, repr=False, compare=False)
+    timeout_s: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def memory_bytes(self) -> int:
-        return self.memory_mib << 20
-
-    @property
-    def max_output_bytes(self) -> int:
-        return self.max_output_kib << 10
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "memory_bytes", self.memory_mib << 20)
+        set_(self, "max_output_bytes", self.max_output_kib << 10)
+        set_(self, "max_input_bytes", self.max_input_kib << 10)
+        set_(self, "timeout_s", self.timeout_ms / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ import fastpath
 from .errors import QueueFull
 from .resources import ResourceManager, TaskSlot
 
-__all__ = ["Scheduler", "WARMUP_RUNS", "EWMA_ALPHA"]
+__all__ = ["Scheduler", "WARMUP_RUNS", "EWMA_ALPHA", "SAMPLE_CAP"]
 
 WARMUP_RUNS = 3
 EWMA_ALPHA = 0.1
+SAMPLE_CAP = 4  # a sample counts for at most this many inline thresholds
 
 
 class Scheduler:
@@ -33,7 +34,7 @@ class Scheduler:
         self.resources = resources
         self.max_queue = max_queue
         self.inline_threshold_s = inline_threshold_s
-        self._queue = fastpath.PriorityQueue()
+        self.queue = fastpath.PriorityQueue()  # truthy while anything waits in it
         # Per task at its cap: a heap of (-priority, entry_id, item); entry ids are unique,
         # so items are never compared.
         self._parked: dict[str, list[tuple[int, int, Any]]] = {}
@@ -41,17 +42,17 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return len(self._queue) + self._parked_count
+        return len(self.queue) + self._parked_count
 
     def try_start_now(self, slot: TaskSlot) -> bool:
         """Skip the queue when nothing waits and a grant is free (the common case).
         Otherwise the caller enqueues and pumps, and the order decides."""
-        return not self._queue and not self._parked_count and self.resources.try_acquire(slot)
+        return not self.queue and not self._parked_count and self.resources.try_acquire(slot)
 
     def enqueue(self, item: Any, priority: int) -> int:
         if self.depth >= self.max_queue:
             raise QueueFull(f"the execution queue is full ({self.max_queue} waiting); retry later", retry_after=1.0)
-        return self._queue.push(item, priority)
+        return self.queue.push(item, priority)
 
     def next_ready(self, slot_of: Any) -> Any | None:
         """Pop the next runnable item and acquire its grant; ``slot_of(item)`` gives its TaskSlot.
@@ -60,7 +61,7 @@ class Scheduler:
         the hub-wide budget refuses goes back to the head of the queue, and
         nothing behind it jumps ahead (it would starve a large task forever).
         """
-        queue = self._queue
+        queue = self.queue
         resources = self.resources
         while queue and resources.has_capacity():
             entry_id, priority, item = queue.pop_entry()
@@ -82,16 +83,17 @@ class Scheduler:
             self._parked_count -= 1
             if not parked:
                 del self._parked[task]
-            self._queue.repush(item, -neg_priority, entry_id)
+            self.queue.repush(item, -neg_priority, entry_id)
 
     def release(self, slot: TaskSlot) -> None:
         """An execution of ``slot``'s task ended: free its grant and unpark the task's best entry."""
         self.resources.release(slot)
-        self._unpark_one(slot.name)
+        if self._parked:
+            self._unpark_one(slot.name)
 
     def remove(self, entry_id: int, task: str) -> bool:
         """Withdraw a waiting entry (a cancel); True if it was still waiting."""
-        if self._queue.remove(entry_id):
+        if self.queue.remove(entry_id):
             # It may have been the entry a release just unparked: give its turn to the next.
             self._unpark_one(task)
             return True
@@ -117,12 +119,17 @@ class Scheduler:
     def inline(self, slot: TaskSlot) -> bool:
         return slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s
 
-    @staticmethod
-    def record(slot: TaskSlot, duration_s: float) -> None:
-        """Fold one execution's duration in; warm-up runs (which pay for
-        instantiation) only seed the average, they do not weigh on it."""
-        if slot.runs < WARMUP_RUNS:
+    def record(self, slot: TaskSlot, duration_s: float, timed_out: bool = False) -> None:
+        """Fold one execution's run time into the task's moving average.
+
+        Warm-up runs (which pay for instantiation) only seed it.  One sample
+        moves it by at most a bounded step — a garbage-collection pause in an
+        otherwise fast handler must not send it off the loop for the next
+        hundred runs — except a timeout, which takes the task off the loop at once.
+        """
+        if slot.runs < WARMUP_RUNS or timed_out:
             slot.ewma_s = duration_s
         else:
-            slot.ewma_s += EWMA_ALPHA * (duration_s - slot.ewma_s)
+            sample = min(duration_s, SAMPLE_CAP * self.inline_threshold_s)
+            slot.ewma_s += EWMA_ALPHA * (sample - slot.ewma_s)
         slot.runs += 1

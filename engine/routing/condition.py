@@ -43,7 +43,12 @@ Semantics, chosen so that a condition never raises on a strange payload:
 * ``x in [..]`` is true when ``x`` equals (as ``==``) an element of the list
   literal, or of the array a path reads; a field that is not an array is false.
 * ``exists(path)`` is true when the path reaches a value, ``null`` included.
-* An operand alone is true only when it is the JSON value ``true``.
+* A field alone is true only when its value is the JSON ``true``; a literal
+  alone must be ``true`` or ``false``.
+
+A condition is at most MAX_LENGTH characters and nests (parentheses, ``not``,
+lists) at most MAX_DEPTH deep; ``and`` / ``or`` chains compile to balanced
+trees, so no length of chain can exhaust Python's stack when evaluated.
 
 A syntax error raises ConditionError (a ValueError) with ``position``, the
 0-based offset in the text, and a message naming what was expected there.
@@ -107,19 +112,19 @@ _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _NUMBER = (int, float)
 
 
-def _json_eq(a: object, b: object) -> bool:
+def _json_eq(a: Any, b: Any) -> bool:
     """JSON equality: bool is not a number, numbers compare by value, containers deeply."""
     ta, tb = type(a), type(b)
     if ta is tb:
         if ta is list:
-            return len(a) == len(b) and all(map(_json_eq, a, b))  # type: ignore[arg-type]
+            return len(a) == len(b) and all(map(_json_eq, a, b))
         if ta is dict:
-            return a.keys() == b.keys() and all(_json_eq(a[k], b[k]) for k in a)  # type: ignore[attr-defined,index]
-        return a == b
+            return bool(a.keys() == b.keys()) and all(_json_eq(a[k], b[k]) for k in a)
+        return bool(a == b)
     return ta in _NUMBER and tb in _NUMBER and a == b
 
 
-def _compare(op: str, a: object, b: object) -> bool:
+def _compare(op: str, a: Any, b: Any) -> bool:
     """One comparison under the rules in the module docstring."""
     if a is MISSING or b is MISSING:
         return False
@@ -299,7 +304,7 @@ class _Parser:
                 self.expect("punct", "]", "']'")
             else:
                 key = steps[0] if len(steps) == 1 and type(steps[0]) is str else None
-                return _Path(_getter(tuple(steps)), key)  # type: ignore[arg-type]
+                return _Path(_getter(tuple(steps)), key if isinstance(key, str) else None)
 
     def literal(self, expected: str) -> object:
         kind, value, _, _ = self.peek()
@@ -352,7 +357,8 @@ def _tokenize(text: str) -> list[Token]:
 
 def _string(text: str, start: int) -> tuple[str, int]:
     """Decode the quoted string at ``start``; return it and the offset after it."""
-    quote, out, pos = text[start], [], start + 1
+    quote, pos = text[start], start + 1
+    out: list[str] = []
     while pos < len(text):
         ch = text[pos]
         if ch == quote:
@@ -376,7 +382,7 @@ def _getter(steps: tuple[str | int, ...]) -> Getter:
         return lambda p: p
     if len(steps) == 1 and type(steps[0]) is str:
         key = steps[0]
-        return lambda p: p.get(key, MISSING) if type(p) is dict else MISSING  # type: ignore[attr-defined]
+        return lambda p: p.get(key, MISSING) if type(p) is dict else MISSING
 
     def get(p: Any) -> object:
         for step in steps:
@@ -386,7 +392,7 @@ def _getter(steps: tuple[str | int, ...]) -> Getter:
                 p = p.get(step, MISSING)
                 if p is MISSING:
                     return MISSING
-            elif type(p) is list and step < len(p):  # type: ignore[operator]
+            elif type(p) is list and type(step) is int and step < len(p):
                 p = p[step]
             else:
                 return MISSING

@@ -104,7 +104,7 @@ class Destination:
         last = 0
         for m in _PLACEHOLDER.finditer(template):
             name = m.group(1)
-            if name.isdigit() and int(name) >= 1:
+            if name.isascii() and name.isdigit() and int(name) >= 1:
                 key: str | int = int(name)
                 self.levels_used = max(self.levels_used, int(name))
             elif name in ("topic", "source"):

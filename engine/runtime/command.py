@@ -85,7 +85,7 @@ def run_command(
         store.set_wasi(wasi)
         max_out = limits.max_output_bytes
         stdout_path = scratch.stdout
-        watch.arm(limits.timeout_ms / 1000.0, lambda: os.path.getsize(stdout_path) > max_out)
+        watch.arm(limits.timeout_s, lambda: os.path.getsize(stdout_path) > max_out)
         instance = None
         previous = host.enter(sink)
         try:

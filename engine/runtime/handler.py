@@ -29,10 +29,11 @@ DEFAULT_MAX_USES = 100_000
 class HandlerInstance:
     """One Store + instance of a handler task, used by one execution at a time."""
 
-    __slots__ = ("task", "store", "watch", "call", "uses", "_closed")
+    __slots__ = ("task", "limits", "store", "watch", "call", "uses", "_closed")
 
     def __init__(self, task: CompiledTask) -> None:
         self.task = task
+        self.limits = task.manifest.limits
         self.uses = 0
         self._closed = False
         self.store = wasmtime.Store(task.engine)
@@ -43,7 +44,7 @@ class HandlerInstance:
             self.store.set_wasi(wasmtime.WasiConfig())
             if limits.fuel is not None:
                 self.store.set_fuel(limits.fuel)
-            self.watch.arm(limits.timeout_ms / 1000.0)
+            self.watch.arm(limits.timeout_s)
             instance = task.pre.instantiate(self.store)
             init = instance.exports(self.store).get("_initialize")
             if isinstance(init, wasmtime.Func):
@@ -56,30 +57,31 @@ class HandlerInstance:
 
     def invoke(self, data: bytes, sink: host.Sink) -> Outcome:
         """Run one execution; its host imports report into ``sink``."""
-        manifest = self.task.manifest
-        limits = manifest.limits
+        limits = self.limits
         self.uses += 1
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
         previous = host.enter(sink)
-        self.watch.arm(limits.timeout_ms / 1000.0)
+        watch = self.watch
+        watch.arm(limits.timeout_s)
         try:
             ok, payload = self.call.invoke(data)
         except (wasmtime.Trap, wasmtime.WasmtimeError, ValueError) as exc:
-            return Outcome(b"", classify(exc, self.watch, manifest, self.call.memory_size()), sink)
+            return Outcome(b"", classify(exc, watch, self.task.manifest, self.call.memory_size()), sink)
         finally:
-            self.watch.disarm()
+            watch.disarm()
             host.leave(previous)
+        if ok and len(payload) <= limits.max_output_bytes:
+            return Outcome(payload, None, sink)
+        manifest = self.task.manifest
         if not ok:
             error = GuestError(f"task {manifest.name!r} reported an error: {payload.decode('utf-8', 'replace')}")
             return Outcome(b"", error, sink)
-        if len(payload) > limits.max_output_bytes:
-            error = OutputTooLarge(
-                f"task {manifest.name!r} returned {len(payload)} bytes, over its output limit of "
-                f"{limits.max_output_kib} KiB"
-            )
-            return Outcome(b"", error, sink)
-        return Outcome(payload, None, sink)
+        error = OutputTooLarge(
+            f"task {manifest.name!r} returned {len(payload)} bytes, over its output limit of "
+            f"{limits.max_output_kib} KiB"
+        )
+        return Outcome(b"", error, sink)
 
     def close(self) -> None:
         if self._closed:
