@@ -94,6 +94,9 @@ class EventFlow:
         self.counters: Counter[str] = Counter()
         self._subscribers = fastpath.TopicRouter()
         self._wake = asyncio.Event()
+        # Whether the durable queue may hold events: kept in memory so that the
+        # hot path never asks SQLite (set on persist and at start, cleared by a drain that empties it).
+        self._durable_pending = False
         self._drainer: asyncio.Task[None] | None = None
         coordinator.finished_hooks.append(self._execution_finished)
         metrics = coordinator.metrics
@@ -198,15 +201,17 @@ class EventFlow:
             return
         self.counters[f"queued:{reason}"] += 1
         delivery.queued += 1
+        self._durable_pending = True
         self._wake.set()
 
     def retry_soon(self) -> None:
         """A destination may have room again (an execution ended, a broker came back)."""
-        if self.durable is not None:
+        if self._durable_pending:
             self._wake.set()
 
     async def start(self) -> None:
         if self.durable is not None and self._drainer is None:
+            self._durable_pending = self.durable.stats()["events"] > 0
             self._drainer = asyncio.get_running_loop().create_task(self._drain_forever(), name="wasmyard-durable")
 
     async def _drain_forever(self, idle_s: float = 1.0) -> None:
@@ -216,6 +221,8 @@ class EventFlow:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if not self._durable_pending:
+                continue
             try:
                 self.drain()
             except Exception:  # a broken store must not kill delivery for good
@@ -243,6 +250,7 @@ class EventFlow:
                 self.durable.ack(done)
                 delivered += len(done)
         self.counters["delivered:durable"] += delivered
+        self._durable_pending = self.durable.stats()["events"] > 0
         return delivered
 
     # -- WebSocket subscribers -------------------------------------------------

@@ -195,9 +195,9 @@ class Route:
         route_id = d.get("id")
         if not isinstance(route_id, str) or not route_id:
             raise RouteError(f"a route needs an 'id' that is a non-empty string, not {route_id!r}", field="id")
-        unknown = sorted(set(d) - set(_FIELDS))
+        unknown = [key for key in d if key not in _FIELDS]
         if unknown:
-            raise RouteError(f"unknown field {unknown[0]!r} (expected {', '.join(_FIELDS)})", route_id, unknown[0])
+            raise RouteError(f"unknown field {unknown[0]!r} (expected {', '.join(_FIELDS)})", route_id, str(unknown[0]))
         for required in ("filter", "destination"):
             if required not in d:
                 raise RouteError(f"missing field {required!r}", route_id, required)
