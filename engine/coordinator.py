@@ -156,8 +156,11 @@ class Coordinator:
 
     # -- executions ---------------------------------------------------------
 
-    def submit(self, name: str, data: bytes, priority: int | None = None) -> Execution:
-        """Queue (or start at once) an execution; never waits for it."""
+    def submit(self, name: str, data: bytes, priority: int | None = None, hops: int = 0) -> Execution:
+        """Queue (or start at once) an execution; never waits for it.
+
+        ``hops``: how many routed events led to it; what it publishes is one further.
+        """
         entry = self.tasks.get(name)
         if entry is None:
             raise UnknownTask(name)
@@ -166,6 +169,7 @@ class Coordinator:
             self.metrics.rejected_request("input_too_large")
             raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of {limits.max_input_kib} KiB")
         execution = Execution(name, data, entry.manifest.priority if priority is None else priority)
+        execution.hops = hops
         if self.scheduler.try_start_now(entry.slot):
             self.history.add(execution)
             self._start(entry, execution)

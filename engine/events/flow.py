@@ -150,14 +150,14 @@ class EventFlow:
         kind = dest.kind
         if kind == "task":
             try:
-                execution = self.coordinator.submit(dest.target, payload, route.priority or None)
+                # the hop count goes in before it may run (and finish) inline
+                self.coordinator.submit(dest.target, payload, route.priority or None, hops + 1)
             except Overloaded:
                 return "queue_full"
             except UnknownTask:
                 return "unknown_task"
             except WasmyardError as exc:
                 return exc.code
-            execution.hops = hops + 1
             return None
         if kind == "device":
             return self._to_device(dest.render(topic, source), payload, qos=1 if route.durable else 0)
