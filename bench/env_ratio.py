@@ -28,6 +28,7 @@ from engine.manifest import parse_manifest  # noqa: E402
 from engine.runtime import WasmRuntime, run_command  # noqa: E402
 from engine.runtime import watchdog  # noqa: E402
 from engine.runtime.capi import set_stdin_bytes  # noqa: E402
+from engine.runtime.host import Sink  # noqa: E402
 from engine.runtime.command import _scratch  # noqa: E402
 
 ECHO = ROOT / "wasm_tasks" / "echo"
@@ -98,7 +99,7 @@ def main() -> int:
         return instance
 
     def ours_exec() -> None:
-        outcome = run_command(task, payload)
+        outcome = run_command(task, payload, Sink())
         assert outcome.output == payload, outcome.error
 
     def plain_exec() -> None:
