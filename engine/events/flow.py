@@ -123,6 +123,10 @@ class EventFlow:
         except ValueError as exc:
             raise BadRequest(f"topic {topic!r}: {exc}") from None
         self.counters[f"in:{source.partition(':')[0]}"] += 1
+        return self._route(topic, payload, source, hops)
+
+    def _route(self, topic: str, payload: bytes, source: str, hops: int) -> Delivery:
+        """``publish`` for a topic already known to be valid and an event already counted."""
         delivery = Delivery()
         if hops > self.max_hops:
             self.counters["dropped:max_hops"] += 1
@@ -182,13 +186,21 @@ class EventFlow:
     # -- task outputs and publishes -------------------------------------------
 
     def _execution_finished(self, execution: Execution, outcome: Outcome) -> None:
-        source = f"task:{execution.task}"
+        """Route what an execution published, then its output (once per execution: kept lean)."""
+        source = "task:" + execution.task
         hops = execution.hops
-        for topic, payload in outcome.sink.published:
-            self.publish(topic, payload, source, hops)
+        published = outcome.sink.published
+        if published:
+            for topic, payload in published:
+                try:
+                    self.publish(topic, payload, source, hops)
+                except BadRequest:  # the host refuses wildcards; other invalid names end here
+                    self.counters["dropped:bad_topic"] += 1
         if outcome.error is None:
-            self.publish(f"tasks/{execution.task}/output", outcome.output, source, hops)
-        self.retry_soon()
+            self.counters["in:task"] += 1
+            self._route("tasks/" + execution.task + "/output", outcome.output, source, hops)
+        if self._durable_pending:
+            self._wake.set()
 
     # -- durable delivery ---------------------------------------------------
 
