@@ -6,20 +6,20 @@ Running guests here loop until a long time limit, so ending up ``cancelled``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 from guests import command_wasm, handler_wasm
+from hubtools import add
 
 from engine.config import HubSettings
-from engine.coordinator import Coordinator, TaskEntry
+from engine.coordinator import Coordinator
 from engine.errors import Conflict, ExecutionCancelled
 from engine.execution import Execution
 from engine.lifecycle import ExecutionState
-from engine.manifest import parse_manifest
 from engine.runtime import WasmRuntime
 
 S = ExecutionState
@@ -35,17 +35,6 @@ LOOP_IF_INPUT = """
     (if (local.get $n) (then (loop $l (br $l))))
     (i64.const 0)))
 """
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=64, max_memory_mib=64)
-    yield runtime
-    runtime.close()
-
-
-def add(co: Coordinator, name: str, kind: str, wasm: bytes, **fields: Any) -> TaskEntry:
-    return co.register_compiled(co.compile(parse_manifest({"name": name, "kind": kind, **fields}), wasm))
 
 
 def on_hub(rt: WasmRuntime, tmp_path: Path, scenario: Callable[[Coordinator], Awaitable[Any]]) -> Any:

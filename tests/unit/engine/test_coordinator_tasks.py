@@ -2,45 +2,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from guests import command_wasm, handler_wasm
+from hubtools import add, on_hub
 
-from engine.config import HubSettings
-from engine.coordinator import Coordinator, TaskEntry
-from engine.errors import ExecutionCancelled, InvalidManifest, InvalidModule, UnknownTask
+from engine.coordinator import Coordinator
+from engine.errors import (
+    ExecutionCancelled,
+    InvalidManifest,
+    InvalidModule,
+    UnknownTask,
+)
 from engine.execution import Execution
 from engine.lifecycle import ExecutionState
 from engine.manifest import parse_manifest
 from engine.runtime import WasmRuntime
 
 S = ExecutionState
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=64, max_memory_mib=64)
-    yield runtime
-    runtime.close()
-
-
-def add(co: Coordinator, name: str, kind: str, wasm: bytes, **fields: Any) -> TaskEntry:
-    return co.register_compiled(co.compile(parse_manifest({"name": name, "kind": kind, **fields}), wasm))
-
-
-def on_hub(rt: WasmRuntime, tmp_path: Path, scenario: Callable[[Coordinator], Awaitable[Any]],
-           **settings: Any) -> Any:
-    async def main() -> Any:
-        co = Coordinator(HubSettings(state_dir=tmp_path, workers=4, **settings), runtime=rt)
-        try:
-            return await scenario(co)
-        finally:
-            await co.aclose()
-
-    return asyncio.run(main())
 
 
 async def ended(*executions: Execution) -> None:

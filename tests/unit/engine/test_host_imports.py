@@ -6,7 +6,7 @@ bytes, so each test reads exactly what the guest saw.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,6 @@ from engine.manifest import parse_manifest
 from engine.runtime import Outcome, WasmRuntime, host
 
 S = ExecutionState
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=64, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 def status(ex: Execution) -> int:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import HubConfig, HubSettings, default_state_dir, example_manifests, load_config
+from engine.config import (
+    HubConfig,
+    HubSettings,
+    default_state_dir,
+    example_manifests,
+    load_config,
+)
 from engine.errors import BadRequest
 from engine.manifest import parse_manifest
 

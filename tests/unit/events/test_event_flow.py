@@ -7,7 +7,7 @@ tests/integration); everything else is the real thing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=32, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 def run(rt: WasmRuntime, tmp_path: Path, routes: list[dict[str, Any]],

@@ -15,7 +15,7 @@ from guests import command_wasm, handler_wasm
 
 from engine.errors import ExecutionCancelled, TaskTimedOut
 from engine.manifest import parse_manifest
-from engine.runtime import HandlerInstance, Outcome, Watch, WasmRuntime, run_command
+from engine.runtime import HandlerInstance, Outcome, WasmRuntime, Watch, run_command
 from engine.runtime.host import Sink
 
 LONG_MS = 20_000
@@ -30,13 +30,6 @@ LOOP_IF_INPUT = """
     (if (local.get $n) (then (loop $l (br $l))))
     (i64.const 0)))
 """
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=16, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
-import pytest
 import wasmtime
 from guests import command_wasm
 
@@ -20,13 +18,6 @@ from engine.errors import (
 from engine.manifest import parse_manifest
 from engine.runtime import CompiledTask, Outcome, WasmRuntime, run_command
 from engine.runtime.host import Sink
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=16, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 def task(rt: WasmRuntime, kind: str, **limits: int) -> CompiledTask:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 import wasmtime
@@ -11,13 +10,6 @@ from guests import command_wasm, handler_wasm, handler_wat
 from engine.errors import InvalidModule
 from engine.manifest import Manifest, parse_manifest
 from engine.runtime import CompiledTask, WasmRuntime
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=8, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 def manifest(kind: str, **limits: int) -> Manifest:

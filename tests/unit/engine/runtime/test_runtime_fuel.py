@@ -1,22 +1,12 @@
 """Fuel metering: tasks that ask for it are stopped when it runs out, per execution."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from guests import command_wasm, handler_wasm
 
 from engine.errors import FuelExhausted
 from engine.manifest import Manifest, parse_manifest
 from engine.runtime import HandlerInstance, WasmRuntime, run_command
 from engine.runtime.host import Sink
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=16, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 def manifest(kind: str, **limits: int) -> Manifest:

@@ -21,14 +21,6 @@ from engine.manifest import parse_manifest
 from engine.runtime import HandlerInstance, Outcome, WasmRuntime
 from engine.runtime.host import Sink
 
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=16, max_memory_mib=64)
-    yield runtime
-    runtime.close()
-
-
 Make = Callable[..., HandlerInstance]
 
 

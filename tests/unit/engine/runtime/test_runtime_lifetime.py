@@ -6,8 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from engine.runtime import WasmRuntime
 
 ROOT = Path(__file__).resolve().parents[4]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 from guests import handler_wasm
@@ -10,13 +9,6 @@ from guests import handler_wasm
 from engine.manifest import parse_manifest
 from engine.runtime import CompiledTask, HandlerInstance, InstancePool, WasmRuntime
 from engine.runtime.host import Sink
-
-
-@pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmRuntime]:
-    runtime = WasmRuntime(tmp_path_factory.mktemp("modules"), instances=16, max_memory_mib=64)
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture
