@@ -11,17 +11,16 @@ import binascii
 from importlib import resources
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 import fastpath
 
 from ..coordinator import Coordinator
 from ..errors import BadRequest, InvalidManifest, NotFinished
+from ..events.flow import EventFlow
 from ..execution import Execution
 from ..manifest import decode_manifest, manifest_from_dict
-from ..events.flow import EventFlow
-from .body import read_body
+from .body import json_response, parse_json, read_body
 from .errors import error_middleware, error_response
 from .events import add_event_routes
 
@@ -30,10 +29,6 @@ __all__ = ["create_app", "COORDINATOR", "MAX_MODULE_BYTES"]
 COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
 MAX_MODULE_BYTES = 64 << 20
 OPENAPI = resources.files("engine.http").joinpath("openapi.json").read_bytes()
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json", headers=headers)
 
 
 def _execution_headers(ex: Execution) -> dict[str, str]:
@@ -68,7 +63,7 @@ class Handlers:
         mode = request.query.get("mode", "sync")
         if mode == "async":
             ex = self.co.submit(name, data, _priority(request))
-            return _json(
+            return json_response(
                 {"id": ex.id, "state": ex.state.value, "status_url": f"/executions/{ex.id}"},
                 status=202,
                 headers={"X-Wasmyard-Execution-Id": ex.id, "Location": f"/executions/{ex.id}"},
@@ -81,7 +76,7 @@ class Handlers:
         return web.Response(body=ex.output, content_type="application/octet-stream", headers=_execution_headers(ex))
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        return _json(self.co.get(request.match_info["id"]).to_dict())
+        return json_response(self.co.get(request.match_info["id"]).to_dict())
 
     async def get_output(self, request: web.Request) -> web.Response:
         ex = self.co.get(request.match_info["id"])
@@ -93,13 +88,13 @@ class Handlers:
 
     async def cancel(self, request: web.Request) -> web.Response:
         ex = self.co.cancel(request.match_info["id"])
-        return _json(ex.to_dict(), status=200 if ex.done else 202)
+        return json_response(ex.to_dict(), status=200 if ex.done else 202)
 
     async def list_tasks(self, request: web.Request) -> web.Response:
-        return _json({"tasks": [entry.to_dict() for _, entry in sorted(self.co.tasks.items())]})
+        return json_response({"tasks": [entry.to_dict() for _, entry in sorted(self.co.tasks.items())]})
 
     async def get_task(self, request: web.Request) -> web.Response:
-        return _json(self.co.task(request.match_info["name"]).to_dict())
+        return json_response(self.co.task(request.match_info["name"]).to_dict())
 
     async def put_task(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -112,7 +107,7 @@ class Handlers:
         raw.pop("module", None)
         existed = name in self.co.tasks
         entry = await self.co.register(manifest_from_dict(raw), wasm)
-        return _json(entry.to_dict(), status=200 if existed else 201)
+        return json_response(entry.to_dict(), status=200 if existed else 201)
 
     async def delete_task(self, request: web.Request) -> web.Response:
         self.co.remove_task(request.match_info["name"])
@@ -129,7 +124,7 @@ class Handlers:
         devices = self.flow.devices if self.flow is not None else None
         if devices is not None and hasattr(devices, "stats"):
             doc["mqtt"] = devices.stats()
-        return _json(doc)
+        return json_response(doc)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.co.metrics.render(), content_type="text/plain", charset="utf-8",
@@ -156,11 +151,7 @@ async def _task_upload(request: web.Request) -> tuple[Any, bytes]:
         if raw is None or wasm is None:
             raise BadRequest("multipart upload needs a 'manifest' part and a 'module' part")
         return raw, wasm
-    body = await read_body(request, MAX_MODULE_BYTES * 2)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    doc = parse_json(await read_body(request, MAX_MODULE_BYTES * 2))
     if not isinstance(doc, dict) or "module_base64" not in doc or "manifest" not in doc:
         raise BadRequest("JSON upload needs 'manifest' (object or TOML/JSON text) and 'module_base64'")
     manifest = doc["manifest"]

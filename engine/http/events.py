@@ -11,13 +11,9 @@ from ..errors import BadRequest, NotFound
 from ..events.flow import EventFlow
 from ..routing.route import Route, RouteError
 from ..routing.table import RoutingTable
-from .body import read_body
+from .body import json_response, parse_json, read_body
 
 __all__ = ["add_event_routes"]
-
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
 def _route_error(exc: RouteError) -> BadRequest:
@@ -32,7 +28,7 @@ class EventHandlers:
     async def post_event(self, request: web.Request) -> web.Response:
         payload = await read_body(request, self.max_body)
         delivery = self.flow.publish(request.match_info["topic"], payload, "http")
-        return _json({"topic": request.match_info["topic"], **delivery.to_dict()},
+        return json_response({"topic": request.match_info["topic"], **delivery.to_dict()},
                      status=202 if delivery.routes else 200)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -66,10 +62,10 @@ class EventHandlers:
                 return
 
     async def get_routes(self, request: web.Request) -> web.Response:
-        return _json({"routes": [r.to_dict() for r in self.flow.table.routes], **self.flow.stats()})
+        return json_response({"routes": [r.to_dict() for r in self.flow.table.routes], **self.flow.stats()})
 
     async def put_routes(self, request: web.Request) -> web.Response:
-        doc = _load(await request.read())
+        doc = parse_json(await request.read())
         if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
             raise BadRequest('expected {"routes": [ ... ]}')
         try:
@@ -77,11 +73,11 @@ class EventHandlers:
         except RouteError as exc:
             raise _route_error(exc) from None
         self.flow.swap(table)
-        return _json({"routes": [r.to_dict() for r in table.routes]})
+        return json_response({"routes": [r.to_dict() for r in table.routes]})
 
     async def put_route(self, request: web.Request) -> web.Response:
         route_id = request.match_info["id"]
-        doc = _load(await request.read())
+        doc = parse_json(await request.read())
         if not isinstance(doc, dict):
             raise BadRequest("a route must be a JSON object")
         doc.setdefault("id", route_id)
@@ -95,7 +91,7 @@ class EventHandlers:
         except RouteError as exc:
             raise _route_error(exc) from None
         self.flow.swap(table)
-        return _json(route.to_dict(), status=200 if existed else 201)
+        return json_response(route.to_dict(), status=200 if existed else 201)
 
     async def delete_route(self, request: web.Request) -> web.Response:
         route_id = request.match_info["id"]
@@ -103,13 +99,6 @@ class EventHandlers:
             raise NotFound(f"no route {route_id!r}")
         self.flow.swap(RoutingTable([r for r in self.flow.table.routes if r.id != route_id]))
         return web.Response(status=204)
-
-
-def _load(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 def add_event_routes(app: web.Application, flow: EventFlow, max_body: int) -> None:
