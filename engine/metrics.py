@@ -89,8 +89,8 @@ class Metrics:
             out.append(f'wasmyard_rejected_total{{reason="{reason}"}} {n}')
         for name, (help_text, label, read_family) in sorted(self.families.items()):
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-            for value, n in sorted(read_family().items()):
-                out.append(f'{name}{{{label}="{_esc(value)}"}} {n}')
+            for value, count in sorted(read_family().items()):
+                out.append(f'{name}{{{label}="{_esc(value)}"}} {count}')
         for name, (help_text, read) in sorted(self.gauges.items()):
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(out) + "\n"

@@ -11,7 +11,7 @@ import binascii
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 import fastpath
 
@@ -141,6 +141,8 @@ async def _task_upload(request: web.Request) -> tuple[Any, bytes]:
         wasm: bytes | None = None
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not accepted; send 'manifest' and 'module' parts")
             if part.name == "manifest":
                 text = await part.read(decode=True)
                 raw = decode_manifest(bytes(text))

@@ -20,6 +20,8 @@ __all__ = [
 
 def c_function(name: str, restype: Any, *argtypes: Any) -> Any:
     address = ctypes.cast(getattr(_ffi.dll, name), ctypes.c_void_p).value
+    if address is None:  # pragma: no cover - the symbol exists in every wasmtime 50 build
+        raise ImportError(f"wasmtime's C library has no {name}")
     return ctypes.CFUNCTYPE(restype, *argtypes)(address)
 
 

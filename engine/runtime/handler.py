@@ -15,7 +15,7 @@ import wasmtime
 
 import fastpath
 
-from ..errors import GuestError, OutputTooLarge
+from ..errors import GuestError, OutputTooLarge, TaskFault
 from . import host, watchdog
 from .compiled import CompiledTask
 from .faults import classify
@@ -74,6 +74,7 @@ class HandlerInstance:
         if ok and len(payload) <= limits.max_output_bytes:
             return Outcome(payload, None, sink)
         manifest = self.task.manifest
+        error: TaskFault
         if not ok:
             error = GuestError(f"task {manifest.name!r} reported an error: {payload.decode('utf-8', 'replace')}")
             return Outcome(b"", error, sink)
