@@ -7,8 +7,10 @@ example): a Store with a memory limit, a WASI config with stdin/stdout/stderr
 files, an instance.  The coordinator's side adds what isolation needs — the
 watchdog's epoch callback and its scratch-file reset — and goes through
 ``InstancePre``; the plain side is what a wasmtime-py user would write.  The
-second table times a whole ``command`` execution (environment + ``_start``
-+ reading the output) both ways.  Ratios are from one run.
+next rows time a whole ``command`` execution (environment + ``_start`` +
+reading the output) both ways: through ``run_command`` (watchdog, host sink,
+output limits), and through ``fastpath.run_start`` alone (a Store with a
+memory limit, the one call, reading the output).  Ratios are from one run.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import wasmtime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import fastpath  # noqa: E402
 from engine.manifest import parse_manifest  # noqa: E402
 from engine.runtime import WasmRuntime, run_command  # noqa: E402
 from engine.runtime import watchdog  # noqa: E402
@@ -102,6 +105,17 @@ def main() -> int:
         outcome = run_command(task, payload, Sink())
         assert outcome.output == payload, outcome.error
 
+    argv = (manifest.name,)
+
+    def ours_run_start() -> None:
+        store = wasmtime.Store(task.engine)
+        store.set_epoch_deadline(1 << 40)  # the engine's epoch ticks: no deadline traps at once
+        store.set_limits(memory_size=manifest.limits.memory_bytes)
+        status = fastpath.run_start(store, task.pre, payload, scratch.stdout, scratch.stderr, argv)
+        store.close()
+        with open(scratch.stdout, "rb") as f:
+            assert status == 0 and f.read() == payload
+
     def plain_exec() -> None:
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1 << 40)
@@ -118,14 +132,19 @@ def main() -> int:
         store.close()
 
     rows = []
-    for label, ours, plain in (("fresh environment", ours_env, plain_env), ("whole command execution", ours_exec, plain_exec)):
+    cases = (
+        ("fresh environment", ours_env, plain_env),
+        ("whole command execution", ours_exec, plain_exec),
+        ("whole command execution via fastpath.run_start", ours_run_start, plain_exec),
+    )
+    for label, ours, plain in cases:
         a, b = best_of(ours, n), best_of(plain, n)
         rows.append((label, a, b))
     runtime.close()
-    print(f"\nfresh execution environments (echo example, best of 5 × {n})")
-    print(f"{'what':<26} {'wasmyard µs':>12} {'wasmtime-py µs':>15} {'ratio':>7}")
+    print(f"\nfresh execution environments (echo example, best of 5 × {n}, fastpath: {fastpath.IMPLEMENTATION})")
+    print(f"{'what':<48} {'wasmyard µs':>12} {'wasmtime-py µs':>15} {'ratio':>7}")
     for label, a, b in rows:
-        print(f"{label:<26} {a * 1e6:>12.1f} {b * 1e6:>15.1f} {a / b:>6.2f}×")
+        print(f"{label:<48} {a * 1e6:>12.1f} {b * 1e6:>15.1f} {a / b:>6.2f}×")
     print("ratio = wasmyard time / plain wasmtime-py time (lower is better)")
     return 0
 

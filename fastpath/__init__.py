@@ -16,7 +16,7 @@ from types import ModuleType
 __all__ = [
     "IMPLEMENTATION", "LOAD_ERROR", "MODULES", "load",
     "PriorityQueue", "TopicRouter", "validate_filter", "validate_topic",
-    "Export", "HandlerCall", "CallerMemory", "define_host_func", "check_wasmtime_version",
+    "Export", "HandlerCall", "CallerMemory", "define_host_func", "check_wasmtime_version", "run_start",
 ]
 
 #: Every twin pair, by concept.  ``_<name>_c`` (Cython) beside ``_<name>_py``.
@@ -53,3 +53,4 @@ HandlerCall = _call.HandlerCall
 CallerMemory = _call.CallerMemory
 define_host_func = _call.define_host_func
 check_wasmtime_version = _call.check_wasmtime_version
+run_start = _call.run_start

@@ -12,7 +12,11 @@ difference is the path into wasm:
   take the GIL back only to run the Python callback;
 * linear memory is read and written with ``memcpy`` after re-reading the
   memory's base and size following every call into wasm (memory can grow and
-  move during a call, so no base pointer is kept across calls).
+  move during a call, so no base pointer is kept across calls);
+* ``run_start`` checks and converts its arguments into C buffers, then makes
+  every C call of a command execution (WASI config, instantiation, ``_start``)
+  in one stretch with the GIL released: a worker thread hands the GIL over
+  once per execution instead of once per ctypes call.
 
 Nothing links against wasmtime at build time: the C functions are resolved at
 import from the library wasmtime-py has already loaded (``wasmtime._ffi.dll``),
@@ -35,7 +39,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.long cimport PyLong_Check
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from fastpath._wasmtime_capi cimport *
@@ -43,8 +47,9 @@ from fastpath._wasmtime_capi cimport *
 import ctypes
 import importlib.metadata
 import operator
+import os
 
-from wasmtime import FuncType, Instance, Linker, Store, Trap, ValType, WasmtimeError
+from wasmtime import FuncType, Instance, InstancePre, Linker, Store, Trap, ValType, WasmtimeError
 from wasmtime import _ffi
 from wasmtime import _func as _wasmtime_func
 
@@ -63,6 +68,7 @@ __all__ = [
     "HandlerCall",
     "check_wasmtime_version",
     "define_host_func",
+    "run_start",
 ]
 
 #: The wasmtime major version this module (and its pure twin) is written for.
@@ -110,6 +116,7 @@ _LAYOUTS = (
     ("wasmtime_extern_t", sizeof(wasmtime_extern_t)),
     ("wasmtime_val_raw_t", sizeof(wasmtime_val_raw_t)),
     ("wasm_valtype_vec_t", sizeof(wasm_valtype_vec_t)),
+    ("wasm_byte_vec_t", sizeof(wasm_byte_vec_t)),
 )
 for _name, _size in _LAYOUTS:
     if ctypes.sizeof(getattr(_ffi, _name)) != _size:
@@ -153,6 +160,27 @@ cdef fn_wasm_valtype_kind c_valtype_kind = <fn_wasm_valtype_kind>_symbol("wasm_v
 cdef fn_wasmtime_trap_new c_trap_new = <fn_wasmtime_trap_new>_symbol("wasmtime_trap_new")
 cdef fn_wasmtime_linker_define_func_unchecked c_linker_define_func_unchecked = \
     <fn_wasmtime_linker_define_func_unchecked>_symbol("wasmtime_linker_define_func_unchecked")
+cdef fn_wasm_byte_vec_new c_byte_vec_new = <fn_wasm_byte_vec_new>_symbol("wasm_byte_vec_new")
+cdef fn_wasi_config_new c_wasi_config_new = <fn_wasi_config_new>_symbol("wasi_config_new")
+cdef fn_wasi_config_delete c_wasi_config_delete = <fn_wasi_config_delete>_symbol("wasi_config_delete")
+cdef fn_wasi_config_set_argv c_wasi_config_set_argv = <fn_wasi_config_set_argv>_symbol("wasi_config_set_argv")
+cdef fn_wasi_config_set_env c_wasi_config_set_env = <fn_wasi_config_set_env>_symbol("wasi_config_set_env")
+cdef fn_wasi_config_set_stdin_bytes c_wasi_config_set_stdin_bytes = \
+    <fn_wasi_config_set_stdin_bytes>_symbol("wasi_config_set_stdin_bytes")
+cdef fn_wasi_config_set_file c_wasi_config_set_stdout_file = \
+    <fn_wasi_config_set_file>_symbol("wasi_config_set_stdout_file")
+cdef fn_wasi_config_set_file c_wasi_config_set_stderr_file = \
+    <fn_wasi_config_set_file>_symbol("wasi_config_set_stderr_file")
+cdef fn_wasi_config_preopen_dir c_wasi_config_preopen_dir = \
+    <fn_wasi_config_preopen_dir>_symbol("wasi_config_preopen_dir")
+cdef fn_wasmtime_context_set_wasi c_context_set_wasi = \
+    <fn_wasmtime_context_set_wasi>_symbol("wasmtime_context_set_wasi")
+cdef fn_wasmtime_instance_pre_instantiate c_instance_pre_instantiate = \
+    <fn_wasmtime_instance_pre_instantiate>_symbol("wasmtime_instance_pre_instantiate")
+cdef fn_wasmtime_error_exit_status c_error_exit_status = \
+    <fn_wasmtime_error_exit_status>_symbol("wasmtime_error_exit_status")
+cdef fn_wasmtime_error_delete c_error_delete = <fn_wasmtime_error_delete>_symbol("wasmtime_error_delete")
+cdef fn_wasm_trap_delete c_trap_delete = <fn_wasm_trap_delete>_symbol("wasm_trap_delete")
 
 _P_ERROR = ctypes.POINTER(_ffi.wasmtime_error_t)
 _P_TRAP = ctypes.POINTER(_ffi.wasm_trap_t)
@@ -714,3 +742,345 @@ def define_host_func(linker, module, name, params, results, callback):
         _host_trampoline, <void *>func, _host_release)
     if error != NULL:
         raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+
+
+# -- run_start: one WASI command execution -------------------------------------
+
+#: The message of the ``ValueError`` raised for a module without a ``_start`` function.
+NO_START = "module has no _start function export"
+
+# Where _run_start_nogil stopped: what run_start raises (or returns) for it.
+cdef enum:
+    START_OK = 0
+    START_EXIT              # job.exit_code
+    START_ARGV_REFUSED
+    START_ENV_REFUSED
+    START_STDOUT_REFUSED
+    START_STDERR_REFUSED
+    START_PREOPEN_REFUSED
+    START_STORE_CLOSED
+    START_SET_WASI_FAILED   # job.error
+    START_PRE_CLOSED
+    START_ENTER_FAILED      # job.error or job.trap, from instantiation or _start
+    START_NO_START
+    START_HAS_PARAMS        # job.nparams
+    START_NO_MEMORY
+
+cdef enum:
+    START_STACK_VALS = 4    # results beyond this many go to a heap buffer (no real _start has any)
+
+
+ctypedef struct StartJob:
+    # in: every pointer borrowed from a Python object run_start keeps alive
+    wasmtime_context_t *ctx            # NULL: the store is closed
+    const wasmtime_instance_pre_t *pre  # NULL: the InstancePre is closed
+    const char **argv
+    size_t argc
+    const char **env_names
+    const char **env_values
+    size_t envc
+    const uint8_t *stdin_data
+    size_t stdin_len
+    const char *stdout_path
+    const char *stderr_path
+    const char **dir_hosts
+    const char **dir_guests
+    uint8_t *dir_writable
+    size_t ndirs
+    # out
+    wasmtime_error_t *error            # owned: run_start turns it into an exception
+    wasm_trap_t *trap                  # likewise
+    int exit_code
+    size_t nparams
+    size_t memory_size
+    int stage                          # index into STAGES: how far it got
+
+
+cdef int _exit_or(StartJob *job, int failure) noexcept nogil:
+    """An error that is a WASI exit becomes START_EXIT (the error is freed)."""
+    cdef int code = 0
+    if job.error != NULL and c_error_exit_status(job.error, &code):
+        c_error_delete(job.error)
+        job.error = NULL
+        job.exit_code = code
+        return START_EXIT
+    return failure
+
+
+cdef size_t _instance_memory_size(wasmtime_context_t *ctx, const wasmtime_instance_t *instance) noexcept nogil:
+    cdef wasmtime_extern_t item
+    if not c_instance_export_get(ctx, instance, "memory", 6, &item):
+        return 0
+    if item.kind == WASMTIME_EXTERN_MEMORY:
+        return c_memory_data_size(ctx, &item.of.memory)
+    if item.kind == WASMTIME_EXTERN_SHAREDMEMORY:
+        c_extern_delete(&item)
+    return 0
+
+
+cdef int _call_start(StartJob *job, const wasmtime_instance_t *instance) noexcept nogil:
+    cdef wasmtime_extern_t item
+    cdef wasm_functype_t *ty
+    cdef size_t nresults, nvals
+    cdef wasmtime_val_raw_t stack_vals[START_STACK_VALS]
+    cdef wasmtime_val_raw_t *vals = stack_vals
+    if not c_instance_export_get(job.ctx, instance, "_start", 6, &item):
+        return START_NO_START
+    if item.kind != WASMTIME_EXTERN_FUNC:
+        if item.kind == WASMTIME_EXTERN_SHAREDMEMORY:
+            c_extern_delete(&item)
+        return START_NO_START
+    ty = c_func_type(job.ctx, &item.of.func)
+    job.nparams = c_functype_params(ty).size
+    nresults = c_functype_results(ty).size
+    c_functype_delete(ty)
+    if job.nparams:
+        return START_HAS_PARAMS
+    nvals = nresults if nresults > 1 else 1
+    if nvals > START_STACK_VALS:
+        vals = <wasmtime_val_raw_t *>calloc(nvals, sizeof(wasmtime_val_raw_t))
+        if vals == NULL:
+            return START_NO_MEMORY
+    job.error = c_func_call_unchecked(job.ctx, &item.of.func, vals, nvals, &job.trap)
+    if vals != stack_vals:
+        free(vals)
+    if job.error != NULL or job.trap != NULL:
+        return _exit_or(job, START_ENTER_FAILED)
+    return START_OK
+
+
+cdef int _run_start_nogil(StartJob *job) noexcept nogil:
+    """Every C call of one command execution, in wasmtime-py's order; no GIL needed.
+
+    Host imports and the epoch-deadline callback called from inside take the
+    GIL themselves.  Frees everything it creates except ``job.error`` /
+    ``job.trap``, which the caller turns into exceptions.
+    """
+    cdef wasi_config_t *config
+    cdef wasm_byte_vec_t vec
+    cdef wasmtime_instance_t instance
+    cdef size_t i
+    cdef int status
+    config = c_wasi_config_new()
+    if not c_wasi_config_set_argv(config, job.argc, job.argv):
+        c_wasi_config_delete(config)
+        return START_ARGV_REFUSED
+    if not c_wasi_config_set_env(config, job.envc, job.env_names, job.env_values):
+        c_wasi_config_delete(config)
+        return START_ENV_REFUSED
+    c_byte_vec_new(&vec, job.stdin_len, job.stdin_data)
+    c_wasi_config_set_stdin_bytes(config, &vec)  # the config owns the copy now
+    if not c_wasi_config_set_stdout_file(config, job.stdout_path):
+        c_wasi_config_delete(config)
+        return START_STDOUT_REFUSED
+    if not c_wasi_config_set_stderr_file(config, job.stderr_path):
+        c_wasi_config_delete(config)
+        return START_STDERR_REFUSED
+    for i in range(job.ndirs):
+        if not c_wasi_config_preopen_dir(config, job.dir_hosts[i], job.dir_guests[i], job.dir_writable[i] != 0):
+            c_wasi_config_delete(config)
+            return START_PREOPEN_REFUSED
+    if job.ctx == NULL:
+        c_wasi_config_delete(config)
+        return START_STORE_CLOSED
+    job.error = c_context_set_wasi(job.ctx, config)  # consumes the config, also on error
+    if job.error != NULL:
+        return START_SET_WASI_FAILED
+    job.stage = 1
+    if job.pre == NULL:
+        return START_PRE_CLOSED
+    job.error = c_instance_pre_instantiate(job.pre, job.ctx, &instance, &job.trap)
+    if job.error != NULL or job.trap != NULL:
+        return _exit_or(job, START_ENTER_FAILED)
+    job.stage = 2
+    status = _call_start(job, &instance)
+    if status != START_OK and status != START_EXIT:
+        job.memory_size = _instance_memory_size(job.ctx, &instance)
+    return status
+
+
+# Argument checks, spelled as in _call_py.
+
+cdef list _items(value, str what):
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{what} must be a sequence, not {type(value).__name__}")
+    return list(value)
+
+
+cdef bytes _text(value, str what):
+    """``value`` (a str) as NUL-free UTF-8."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    cdef bytes raw = (<str>value).encode("utf-8")
+    if b"\0" in raw:
+        raise ValueError(f"{what} contains a NUL character")
+    return raw
+
+
+cdef bytes _path(value, str what):
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return _text(value, what)
+
+
+cdef tuple _unpack(item, Py_ssize_t n, str what):
+    try:
+        values = () if isinstance(item, (str, bytes)) else tuple(item)
+    except TypeError:
+        values = ()
+    if len(values) != n:
+        raise TypeError(f"{what} must be {n}-item sequences, got {item!r}")
+    return values
+
+
+cdef const char **_pointers(list raws) except? NULL:
+    """A malloc'ed array of the buffers of ``raws`` (bytes); NULL when empty."""
+    cdef Py_ssize_t i, n = len(raws)
+    cdef const char **out
+    if n == 0:
+        return NULL
+    out = <const char **>malloc(n * sizeof(char *))
+    if out == NULL:
+        raise MemoryError()
+    for i in range(n):
+        out[i] = PyBytes_AS_STRING(raws[i])
+    return out
+
+
+cdef void _free_job(StartJob *job) noexcept:
+    # job.error / job.trap are NULL here unless converting them failed
+    if job.error != NULL:
+        c_error_delete(job.error)
+    if job.trap != NULL:
+        c_trap_delete(job.trap)
+    free(job.argv)
+    free(job.env_names)
+    free(job.env_values)
+    free(job.dir_hosts)
+    free(job.dir_guests)
+    free(job.dir_writable)
+
+
+STAGES = ("setup", "instantiate", "start")
+
+
+cdef int _describe(object exc, size_t memory_size, int stage) except -1:
+    try:
+        exc.memory_size = memory_size
+        exc.stage = STAGES[stage]
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        pass
+    return 0
+
+
+def run_start(store, pre, stdin, stdout_path, stderr_path, argv=(), env=(), preopens=()):
+    """Run one WASI command in ``store``: configure WASI, instantiate ``pre``, call ``_start``.
+
+    Returns the exit status (0 when ``_start`` returns, the code given to
+    ``proc_exit`` otherwise); raises as wasmtime-py would, and every
+    exception carries ``memory_size`` (the instance's memory size in bytes
+    when it failed, 0 without an instance) and ``stage`` ("setup",
+    "instantiate" or "start").  ``_call_py.run_start`` is the reference for
+    the details.
+    """
+    cdef StartJob job
+    cdef int status
+    cdef Py_ssize_t i
+    cdef wasmtime_error_t *error
+    cdef wasm_trap_t *trap
+    memset(&job, 0, sizeof(StartJob))
+    try:
+        try:
+            if not isinstance(store, Store):
+                raise TypeError(f"expected a wasmtime.Store, got {type(store).__name__}")
+            if not isinstance(pre, InstancePre):
+                raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+            if isinstance(stdin, bytes):
+                data = stdin
+            elif isinstance(stdin, bytearray):
+                data = bytes(stdin)
+            else:
+                data = _other_bytes(stdin)
+            stdout = _path(stdout_path, "stdout_path")
+            stderr = _path(stderr_path, "stderr_path")
+            args = [_text(a, "argv item") for a in _items(argv, "argv")]
+            names, values = [], []
+            for item in _items(env, "env"):
+                name, value = _unpack(item, 2, "env items")
+                names.append(_text(name, "env name"))
+                values.append(_text(value, "env value"))
+            hosts, guests, writable = [], [], []
+            for item in _items(preopens, "preopens"):
+                host, guest, flag = _unpack(item, 3, "preopens items")
+                hosts.append(_text(host, "preopen host path"))
+                guests.append(_text(guest, "preopen guest path"))
+                writable.append(bool(flag))
+
+            # Closed objects fail where wasmtime-py would notice them: later.
+            if store._Store__context is not None:
+                job.ctx = _context_of(store)
+            pre_closed = None
+            try:
+                job.pre = <const wasmtime_instance_pre_t *>_address(pre.ptr())
+            except ValueError as exc:
+                pre_closed = str(exc)
+
+            job.argc = len(args)
+            job.argv = _pointers(args)
+            job.envc = len(names)
+            job.env_names = _pointers(names)
+            job.env_values = _pointers(values)
+            job.ndirs = len(hosts)
+            job.dir_hosts = _pointers(hosts)
+            job.dir_guests = _pointers(guests)
+            if job.ndirs:
+                job.dir_writable = <uint8_t *>malloc(job.ndirs)
+                if job.dir_writable == NULL:
+                    raise MemoryError()
+                for i in range(<Py_ssize_t>job.ndirs):
+                    job.dir_writable[i] = writable[i]
+            job.stdin_data = <const uint8_t *>PyBytes_AS_STRING(data)
+            job.stdin_len = <size_t>PyBytes_GET_SIZE(data)
+            job.stdout_path = PyBytes_AS_STRING(stdout)
+            job.stderr_path = PyBytes_AS_STRING(stderr)
+
+            with nogil:
+                status = _run_start_nogil(&job)
+
+            if status == START_OK:
+                return 0
+            if status == START_EXIT:
+                _maybe_raise_last_exn()  # as enter_wasm: a pending host exception wins
+                return job.exit_code
+            if status == START_ENTER_FAILED:
+                error, trap = job.error, job.trap
+                job.error = job.trap = NULL
+                _raise_failure(error, trap)
+            if status == START_SET_WASI_FAILED:
+                error = job.error
+                job.error = NULL
+                raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+            if status == START_ARGV_REFUSED:
+                raise WasmtimeError("failed to configure argv")
+            if status == START_ENV_REFUSED:
+                raise WasmtimeError("failed to configure environment")
+            if status == START_STDOUT_REFUSED:
+                raise WasmtimeError("failed to set stdout file")
+            if status == START_STDERR_REFUSED:
+                raise WasmtimeError("failed to set stderr file")
+            if status == START_PREOPEN_REFUSED:
+                raise WasmtimeError("failed to add preopen dir")
+            if status == START_STORE_CLOSED:
+                raise ValueError("already closed")
+            if status == START_PRE_CLOSED:
+                raise ValueError(pre_closed)
+            if status == START_NO_START:
+                raise ValueError(NO_START)
+            if status == START_HAS_PARAMS:
+                raise WasmtimeError(f"too few parameters provided: given 0, expected {job.nparams}")
+            raise MemoryError()
+        except BaseException as exc:
+            _describe(exc, job.memory_size, job.stage)
+            raise
+    finally:
+        _free_job(&job)

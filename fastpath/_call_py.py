@@ -15,6 +15,10 @@ exceptions, same messages.
   0x7fffffff``, ``msg_len = r & 0xffffffff``, a UTF-8 message (returned as
   bytes).  ``wy_alloc`` starts an execution (it resets the guest's arena), so
   it is called for empty input too; there a 0 pointer is no failure.
+* ``run_start`` — one whole WASI ``command`` execution: a WASI config on the
+  store (argv, env, stdin served from bytes, stdout/stderr to files, preopened
+  directories), an instance of an ``InstancePre``, a call of its ``_start``;
+  the exit status comes back as an int (``ExitTrap`` is not raised).
 * ``define_host_func`` — a host import whose callback gets a
   ``CallerMemory`` (the caller's ``memory``, valid during the call only) and
   the integer arguments.  A callback must not reference a ``Store`` (or an
@@ -28,16 +32,20 @@ interruptions and WASI exits raise ``wasmtime.Trap`` / ``WasmtimeError`` /
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import operator
-from typing import Any, Callable, Optional, Union
+import os
+from typing import Any, Callable, Optional, Sequence, Union
 
 from wasmtime import (
     Caller,
+    ExitTrap,
     Func,
     FuncType,
     Global,
     Instance,
+    InstancePre,
     Linker,
     Memory,
     SharedMemory,
@@ -45,7 +53,9 @@ from wasmtime import (
     Table,
     Tag,
     ValType,
+    WasiConfig,
     WasmtimeError,
+    _ffi,
 )
 
 __all__ = [
@@ -56,6 +66,7 @@ __all__ = [
     "HandlerCall",
     "check_wasmtime_version",
     "define_host_func",
+    "run_start",
 ]
 
 #: The wasmtime major version this module (and its compiled twin) is written for.
@@ -347,3 +358,151 @@ def define_host_func(linker: Linker, module: str, name: str, params: str, result
         return result
 
     linker.define_func(module, name, ty, host_call, access_caller=True)
+
+
+# -- run_start: one WASI command execution -------------------------------------
+
+#: The message of the ``ValueError`` raised for a module without a ``_start`` function.
+NO_START = "module has no _start function export"
+
+
+# wasmtime-py has no setter for stdin bytes (wasi_config_set_stdin_bytes): the
+# C function is called through ctypes, with a prototype of its own (the one in
+# wasmtime-py's bindings is shared with wasmtime-py).
+def _c_function(name: str, restype: Any, *argtypes: Any) -> Any:
+    address = ctypes.cast(getattr(_ffi.dll, name), ctypes.c_void_p).value
+    if address is None:  # pragma: no cover - the symbol exists in every wasmtime 50 build
+        raise ImportError(f"wasmtime's C library has no {name}")
+    return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+
+_byte_vec_new = _c_function("wasm_byte_vec_new", None, ctypes.POINTER(_ffi.wasm_byte_vec_t), ctypes.c_size_t,
+                            ctypes.c_char_p)
+_set_stdin_bytes = _c_function("wasi_config_set_stdin_bytes", None, ctypes.c_void_p,
+                               ctypes.POINTER(_ffi.wasm_byte_vec_t))
+
+
+def _items(value: Any, what: str) -> list:
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{what} must be a sequence, not {type(value).__name__}")
+    return list(value)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if b"\0" in value.encode("utf-8"):
+        raise ValueError(f"{what} contains a NUL character")
+    return value
+
+
+def _path(value: Any, what: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return _text(value, what)
+
+
+def _unpack(item: Any, n: int, what: str) -> tuple:
+    try:
+        values = () if isinstance(item, (str, bytes)) else tuple(item)
+    except TypeError:
+        values = ()
+    if len(values) != n:
+        raise TypeError(f"{what} must be {n}-item sequences, got {item!r}")
+    return values
+
+
+def _memory_size(store: Store, instance: Optional[Instance]) -> int:
+    if instance is None:
+        return 0
+    try:
+        memory = instance.exports(store).get("memory")
+        return memory.data_len(store) if isinstance(memory, Memory) else 0
+    except ValueError:  # the store was closed meanwhile
+        return 0
+
+
+def _describe(exc: BaseException, memory_size: int, stage: str) -> None:
+    try:
+        exc.memory_size = memory_size  # type: ignore[attr-defined]
+        exc.stage = stage  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        pass
+
+
+def run_start(store: Store, pre: InstancePre, stdin: BytesLike, stdout_path: Union[str, "os.PathLike[str]"],
+              stderr_path: Union[str, "os.PathLike[str]"], argv: Sequence[str] = (),
+              env: Sequence[tuple[str, str]] = (), preopens: Sequence[tuple[str, str, bool]] = ()) -> int:
+    """Run one WASI command in ``store``: configure WASI, instantiate ``pre``, call ``_start``.
+
+    The WASI config gets ``argv``, the ``env`` (name, value) pairs, ``stdin``
+    (served from a copy of the bytes), stdout and stderr written to the two
+    files (created, or truncated), and ``preopens`` (host dir, guest path,
+    writable): a writable one grants every directory and file permission, a
+    read-only one only reading — ``WasiConfig.preopen_dir``'s ``fs_mutable``.
+
+    Returns the exit status: 0 when ``_start`` returns, the guest's code
+    when it calls ``proc_exit`` (what wasmtime-py raises as ``ExitTrap``).
+    Otherwise raises what wasmtime-py raises: ``wasmtime.Trap`` for traps
+    (fuel, epoch interruption included), ``WasmtimeError`` for other errors
+    (instantiation, an epoch-deadline callback's error, a file that cannot
+    be opened), the exception a host import raised, ``ValueError(NO_START)``
+    for a module without a ``_start`` function, ``TypeError`` /
+    ``ValueError`` for bad arguments (checked before anything is done).
+
+    Every exception raised carries two attributes:
+
+    * ``memory_size``: the byte size of the instance's exported ``memory``
+      when it failed (0 without an instance or such a memory), which tells
+      a guest that ran out of memory from one that merely trapped;
+    * ``stage``: ``"setup"`` (the arguments, the WASI configuration — e.g. a
+      file or directory that cannot be opened — or ``set_wasi``),
+      ``"instantiate"`` (``pre.instantiate``, a closed ``pre`` included) or
+      ``"start"`` (finding and running ``_start``): a failure in setup is the
+      host's, the others are the guest's.
+    """
+    instance: Optional[Instance] = None
+    stage = "setup"
+    try:
+        if not isinstance(store, Store):
+            raise TypeError(f"expected a wasmtime.Store, got {type(store).__name__}")
+        if not isinstance(pre, InstancePre):
+            raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+        data = bytes(_as_bytes(stdin))
+        stdout = _path(stdout_path, "stdout_path")
+        stderr = _path(stderr_path, "stderr_path")
+        args = [_text(a, "argv item") for a in _items(argv, "argv")]
+        pairs = []
+        for item in _items(env, "env"):
+            name, value = _unpack(item, 2, "env items")
+            pairs.append((_text(name, "env name"), _text(value, "env value")))
+        dirs = []
+        for item in _items(preopens, "preopens"):
+            host, guest, writable = _unpack(item, 3, "preopens items")
+            dirs.append((_text(host, "preopen host path"), _text(guest, "preopen guest path"), bool(writable)))
+
+        wasi = WasiConfig()
+        wasi.argv = args
+        wasi.env = pairs
+        vec = _ffi.wasm_byte_vec_t()
+        _byte_vec_new(ctypes.byref(vec), len(data), data)
+        _set_stdin_bytes(ctypes.cast(wasi.ptr(), ctypes.c_void_p), ctypes.byref(vec))  # takes the copy
+        wasi.stdout_file = stdout
+        wasi.stderr_file = stderr
+        for host, guest, writable in dirs:
+            wasi.preopen_dir(host, guest, writable)
+        store.set_wasi(wasi)
+        try:
+            stage = "instantiate"
+            instance = pre.instantiate(store)
+            stage = "start"
+            start = instance.exports(store).get("_start")
+            if not isinstance(start, Func):
+                raise ValueError(NO_START)
+            start(store)
+        except ExitTrap as exc:
+            return exc.code
+        return 0
+    except BaseException as exc:
+        _describe(exc, _memory_size(store, instance), stage)
+        raise

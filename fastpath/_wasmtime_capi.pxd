@@ -3,15 +3,20 @@
 # Nothing here includes wasmtime's headers and nothing links against the
 # library: the layouts below are written out from wasmtime 50's
 # ``crates/c-api/include`` (func.h, extern.h, val.h, instance.h, memory.h,
-# linker.h, trap.h, error.h and wasm.h), and ``_call_c`` compares each
+# linker.h, trap.h, error.h, store.h, wasi.h and wasm.h), and ``_call_c`` compares each
 # struct's size with wasmtime-py's ctypes bindings of the same release at
 # import.  Functions are typed pointers, filled in at import from the shared
 # library that ``wasmtime._ffi.dll`` already loaded.
 #
 # Opaque handles are plain ``void``; C ``bool`` results are ``uint8_t`` (a
-# one-byte return value, so the upper bits of the register are never read).
+# one-byte return value, so the upper bits of the register are never read);
+# C ``bool`` parameters are the compiler's own ``bool`` (stdbool.h), so they
+# are passed exactly as C passes them.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+cdef extern from "<stdbool.h>":
+    ctypedef bint c_bool "bool"
 
 ctypedef void wasmtime_context_t
 ctypedef void wasmtime_caller_t
@@ -20,6 +25,8 @@ ctypedef void wasmtime_error_t
 ctypedef void wasm_trap_t
 ctypedef void wasm_functype_t
 ctypedef void wasm_valtype_t
+ctypedef void wasmtime_instance_pre_t
+ctypedef void wasi_config_t
 
 ctypedef uint8_t wasm_valkind_t
 ctypedef uint8_t wasmtime_extern_kind_t
@@ -84,6 +91,11 @@ ctypedef union wasmtime_val_raw_t:
     uint32_t exnref
     void *funcref
 
+# wasm.h: WASM_DECLARE_VEC(byte, ) -- wasm_byte_vec_t { size_t size; wasm_byte_t *data; }
+ctypedef struct wasm_byte_vec_t:
+    size_t size
+    uint8_t *data
+
 # wasm.h: WASM_DECLARE_VEC(valtype, *)
 ctypedef struct wasm_valtype_vec_t:
     size_t size
@@ -135,6 +147,8 @@ ctypedef wasm_valkind_t (*fn_wasm_valtype_kind)(const wasm_valtype_t *ty) noexce
 
 # trap.h
 ctypedef wasm_trap_t *(*fn_wasmtime_trap_new)(const char *msg, size_t msg_len) noexcept nogil
+# wasm.h
+ctypedef void (*fn_wasm_trap_delete)(wasm_trap_t *trap) noexcept nogil
 
 # linker.h
 ctypedef wasmtime_error_t *(*fn_wasmtime_linker_define_func_unchecked)(
@@ -142,3 +156,39 @@ ctypedef wasmtime_error_t *(*fn_wasmtime_linker_define_func_unchecked)(
     const char *name, size_t name_len, const wasm_functype_t *ty,
     wasmtime_func_unchecked_callback_t cb, void *data,
     wasmtime_finalizer_t finalizer) noexcept nogil
+
+# -- WASI command execution (run_start) ---------------------------------------
+
+# wasm.h: void wasm_byte_vec_new(own wasm_byte_vec_t *out, size_t, own wasm_byte_t const[])
+ctypedef void (*fn_wasm_byte_vec_new)(
+    wasm_byte_vec_t *out, size_t size, const uint8_t *data) noexcept nogil
+
+# wasi.h
+ctypedef wasi_config_t *(*fn_wasi_config_new)() noexcept nogil
+ctypedef void (*fn_wasi_config_delete)(wasi_config_t *config) noexcept nogil
+ctypedef uint8_t (*fn_wasi_config_set_argv)(
+    wasi_config_t *config, size_t argc, const char **argv) noexcept nogil
+ctypedef uint8_t (*fn_wasi_config_set_env)(
+    wasi_config_t *config, size_t envc, const char **names, const char **values) noexcept nogil
+# takes ownership of ``binary`` (its contents; the struct itself is the caller's)
+ctypedef void (*fn_wasi_config_set_stdin_bytes)(
+    wasi_config_t *config, wasm_byte_vec_t *binary) noexcept nogil
+ctypedef uint8_t (*fn_wasi_config_set_file)(
+    wasi_config_t *config, const char *path) noexcept nogil
+ctypedef uint8_t (*fn_wasi_config_preopen_dir)(
+    wasi_config_t *config, const char *host_path, const char *guest_path,
+    c_bool fs_mutable) noexcept nogil
+
+# store.h: takes ownership of ``wasi``, also when it returns an error
+ctypedef wasmtime_error_t *(*fn_wasmtime_context_set_wasi)(
+    wasmtime_context_t *context, wasi_config_t *wasi) noexcept nogil
+
+# instance.h
+ctypedef wasmtime_error_t *(*fn_wasmtime_instance_pre_instantiate)(
+    const wasmtime_instance_pre_t *instance_pre, wasmtime_context_t *store,
+    wasmtime_instance_t *instance, wasm_trap_t **trap_ptr) noexcept nogil
+
+# error.h
+ctypedef uint8_t (*fn_wasmtime_error_exit_status)(
+    const wasmtime_error_t *error, int *status) noexcept nogil
+ctypedef void (*fn_wasmtime_error_delete)(wasmtime_error_t *error) noexcept nogil

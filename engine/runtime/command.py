@@ -1,11 +1,14 @@
 """``command`` tasks: a fresh WASI environment per execution.
 
 Input is the guest's stdin, stdout is the output, stderr becomes log lines, the
-exit code is the status.  Stdin is served from memory; stdout and stderr go
-through files (``stdout_custom`` callbacks were unreliable in wasmtime-py),
-two per worker thread, reused, so an execution costs no directory churn.  The watchdog
-checks the stdout file's size at every tick, so a guest that floods its output
-is stopped close to its limit instead of filling the disk.
+exit code is the status.  ``fastpath.run_start`` configures WASI, instantiates
+and runs ``_start`` in one call with the GIL released throughout, so a worker
+thread hands the GIL to the event loop once per execution rather than once per
+wasmtime call.  Stdin is served from memory; stdout and stderr go through files
+(``stdout_custom`` callbacks were unreliable in wasmtime-py), two per worker
+thread, reused, so an execution costs no directory churn.  The watchdog checks
+the stdout file's size at every tick, so a guest that floods its output is
+stopped close to its limit instead of filling the disk.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from typing import Callable
 
 import wasmtime
 
+import fastpath
+
 from ..errors import OutputTooLarge, TaskExited
 from . import host, watchdog
-from .capi import set_stdin_bytes
 from .compiled import CompiledTask
 from .faults import classify
 from .outcome import Outcome
@@ -62,6 +66,7 @@ def run_command(
     """Run a command task once; ``on_watch`` receives its Watch (to cancel it)."""
     manifest = task.manifest
     limits = manifest.limits
+    permissions = manifest.permissions
     scratch = _scratch()
     store = wasmtime.Store(task.engine)
     watch = watchdog.install(store)
@@ -73,35 +78,24 @@ def run_command(
         store.set_limits(memory_size=limits.memory_bytes)
         if limits.fuel is not None:
             store.set_fuel(limits.fuel)
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = [manifest.name]
-        set_stdin_bytes(wasi, data)
-        wasi.stdout_file = scratch.stdout
-        wasi.stderr_file = scratch.stderr
-        if manifest.permissions.env:
-            wasi.env = list(manifest.permissions.env)
-        for grant in manifest.permissions.dirs:
-            wasi.preopen_dir(grant.host, grant.guest, grant.mode == "rw")
-        store.set_wasi(wasi)
         max_out = limits.max_output_bytes
         stdout_path = scratch.stdout
         watch.arm(limits.timeout_s, lambda: os.path.getsize(stdout_path) > max_out)
-        instance = None
         previous = host.enter(sink)
         try:
-            instance = task.pre.instantiate(store)
-            instance.exports(store)["_start"](store)
-            exit_code = 0
-        except wasmtime.ExitTrap as exc:
-            exit_code = exc.code
+            # WASI config, instance and _start in one call, without the GIL.
+            exit_code = fastpath.run_start(
+                store, task.pre, data, stdout_path, scratch.stderr, (manifest.name,), permissions.env,
+                [(grant.host, grant.guest, grant.mode == "rw") for grant in permissions.dirs],
+            )
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            memory = instance.exports(store).get("memory") if instance is not None else None
-            size = memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
-            error = classify(exc, watch, manifest, size)
+            if exc.stage == "setup":  # type: ignore[union-attr]
+                raise  # a file or directory the hub could not open: the host failed, not the task
+            error = classify(exc, watch, manifest, exc.memory_size)  # type: ignore[union-attr]
         finally:
             host.leave(previous)
             watch.disarm()
-        output, too_big = _read_bounded(scratch.stdout, max_out)
+        output, too_big = _read_bounded(stdout_path, max_out)
         stderr, _ = _read_bounded(scratch.stderr, MAX_STDERR_BYTES)
     finally:
         watch.close()
