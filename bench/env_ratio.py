@@ -3,10 +3,10 @@
     .venv/bin/python bench/env_ratio.py [--n 2000]
 
 Both sides build the same thing from the same compiled module (the echo
-example): a Store with a memory limit, a WASI config with stdin/stdout/stderr
-files, an instance.  The coordinator's side adds what isolation needs — the
-watchdog's epoch callback and its scratch-file reset — and goes through
-``InstancePre``; the plain side is what a wasmtime-py user would write.  The
+example): a Store with a memory limit, a WASI config with stdin and
+stdout/stderr files, an instance.  The coordinator's side adds what isolation
+needs — the watchdog's epoch callback — serves stdin from memory and goes
+through ``InstancePre`` on the pooling allocator; the plain side is what a wasmtime-py user would write.  The
 next rows time a whole ``command`` execution (environment + ``_start`` +
 reading the output) both ways: through ``run_command`` (watchdog, host sink,
 output limits), and through ``fastpath.run_start`` alone (a Store with a

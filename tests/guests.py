@@ -83,8 +83,12 @@ _COMMAND = """
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasmyard" "invoke" (func $invoke (param i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 32) "log line on stderr\\n")
+  (data (i32.const 200) "outer:")
+  (data (i32.const 220) "cecho")
+  (data (i32.const 240) "inner")
   (func $write (param $fd i32) (param $ptr i32) (param $len i32)
     (i32.store (i32.const 0) (local.get $ptr))
     (i32.store (i32.const 4) (local.get $len))
@@ -109,6 +113,11 @@ COMMAND_BODIES = {
     "trap": "unreachable",
     "loop": "(loop $l (br $l))",
     "membomb": "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable",
+    # write "outer:", invoke the command task "cecho" with "inner", write what it answered
+    "nested": """
+    (call $write (i32.const 1) (i32.const 200) (i32.const 6))
+    (call $write (i32.const 1) (i32.const 8192)
+      (call $invoke (i32.const 220) (i32.const 5) (i32.const 240) (i32.const 5) (i32.const 8192) (i32.const 4096)))""",
     # write 4 KiB to stdout forever
     "flood": "(loop $l (call $write (i32.const 1) (i32.const 4096) (i32.const 4096)) (br $l))",
 }

@@ -12,7 +12,9 @@ stopped close to its limit instead of filling the disk.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 from typing import Callable
@@ -35,19 +37,35 @@ _local = threading.local()
 
 
 class _Scratch:
-    """One thread's stdout/stderr files, reused across executions (WASI
-    truncates them when it opens them; stdin is served from memory)."""
+    """One thread's stdout/stderr files at one nesting depth, reused across
+    executions (WASI truncates them when it opens them; stdin is served from
+    memory).  A command that invokes a command (``wasmyard.invoke``) runs the
+    inner one in the same thread, one depth further, so it gets other files."""
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="wasmyard-", dir=_SCRATCH_ROOT)
         self.stdout = os.path.join(self.dir, "stdout")
         self.stderr = os.path.join(self.dir, "stderr")
+        _ALL_SCRATCH.add(self.dir)
 
 
-def _scratch() -> _Scratch:
-    scratch = getattr(_local, "scratch", None)
+_ALL_SCRATCH: set[str] = set()
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    for directory in list(_ALL_SCRATCH):
+        shutil.rmtree(directory, ignore_errors=True)
+    _ALL_SCRATCH.clear()
+
+
+def _scratch(depth: int = 0) -> _Scratch:
+    by_depth: dict[int, _Scratch] | None = getattr(_local, "scratch", None)
+    if by_depth is None:
+        by_depth = _local.scratch = {}
+    scratch = by_depth.get(depth)
     if scratch is None or not os.path.isdir(scratch.dir):
-        scratch = _local.scratch = _Scratch()
+        scratch = by_depth[depth] = _Scratch()
     return scratch
 
 
@@ -67,7 +85,7 @@ def run_command(
     manifest = task.manifest
     limits = manifest.limits
     permissions = manifest.permissions
-    scratch = _scratch()
+    scratch = _scratch(sink.depth)
     store = wasmtime.Store(task.engine)
     watch = watchdog.install(store)
     if on_watch is not None:

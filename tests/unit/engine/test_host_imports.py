@@ -175,3 +175,16 @@ def test_host_imports_outside_an_execution_do_nothing_harmful() -> None:
     finally:
         host.leave(previous)
     assert host.current() is None
+
+
+def test_a_command_invoking_a_command_keeps_its_own_output(rt: WasmRuntime, tmp_path: Path) -> None:
+    """The inner command runs in the caller's thread; it must not write over
+    (or truncate) the outer command's stdout."""
+    async def scenario(co: Coordinator, published: list) -> None:
+        add(co, "cecho", command_wasm("echo"), kind="command")
+        add(co, "outer", command_wasm("nested"), kind="command")
+        ex = await co.invoke("outer", b"")
+        assert ex.state is S.SUCCEEDED, ex.error
+        assert ex.output == b"outer:inner"
+
+    on_hub(rt, tmp_path, scenario)
