@@ -58,7 +58,7 @@ def main() -> int:
     wasm = (ECHO / manifest.module).read_bytes()  # type: ignore[operator]
     runtime = WasmRuntime(Path(tempfile.mkdtemp()))
     task = runtime.compile(manifest, wasm)
-    scratch = _scratch()
+    scratch = _scratch(0)
     payload = b'{"device":"t-17","celsius":21.5}'
 
     def ours_env() -> None:

@@ -40,42 +40,63 @@ class _Scratch:
     """One thread's stdout/stderr files at one nesting depth, reused across
     executions (WASI truncates them when it opens them; stdin is served from
     memory).  A command that invokes a command (``wasmyard.invoke``) runs the
-    inner one in the same thread, one depth further, so it gets other files."""
+    inner one in the same thread, one depth further, so it gets other files.
+
+    The hub keeps a read descriptor on each file (WASI truncates the same
+    inode), so reading the results costs two system calls per file.  Every
+    system call on a worker thread hands the GIL to the event loop and back,
+    and under load that hand-off, not the work, is what a command costs.
+    """
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="wasmyard-", dir=_SCRATCH_ROOT)
         self.stdout = os.path.join(self.dir, "stdout")
         self.stderr = os.path.join(self.dir, "stderr")
-        _ALL_SCRATCH.add(self.dir)
+        self.stdout_fd = os.open(self.stdout, os.O_RDONLY | os.O_CREAT, 0o600)
+        self.stderr_fd = os.open(self.stderr, os.O_RDONLY | os.O_CREAT, 0o600)
+        _ALL_SCRATCH.append(self)
+
+    def close(self) -> None:
+        for fd in (self.stdout_fd, self.stderr_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-_ALL_SCRATCH: set[str] = set()
+_ALL_SCRATCH: list[_Scratch] = []
 
 
 @atexit.register
 def _remove_scratch() -> None:
-    for directory in list(_ALL_SCRATCH):
-        shutil.rmtree(directory, ignore_errors=True)
-    _ALL_SCRATCH.clear()
+    while _ALL_SCRATCH:
+        _ALL_SCRATCH.pop().close()
 
 
-def _scratch(depth: int = 0) -> _Scratch:
+def _scratch(depth: int) -> _Scratch:
     by_depth: dict[int, _Scratch] | None = getattr(_local, "scratch", None)
     if by_depth is None:
         by_depth = _local.scratch = {}
     scratch = by_depth.get(depth)
-    if scratch is None or not os.path.isdir(scratch.dir):
+    if scratch is None:
         scratch = by_depth[depth] = _Scratch()
     return scratch
 
 
-def _read_bounded(path: str, limit: int) -> tuple[bytes, bool]:
+def _forget_scratch(depth: int) -> None:
+    """After a setup failure (e.g. someone removed the directory): start afresh next time."""
+    scratch = getattr(_local, "scratch", {}).pop(depth, None)
+    if scratch is not None:
+        _ALL_SCRATCH.remove(scratch)
+        scratch.close()
+
+
+def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
     """At most ``limit`` bytes of a file, and whether it held more.  Sized by
-    fstat first: ``read(limit + 1)`` would allocate the whole limit every time."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(min(size, limit)) if size else b""
-    return data, size > limit
+    fstat first: reading ``limit + 1`` would allocate the whole limit every time."""
+    size = os.fstat(fd).st_size
+    return (os.pread(fd, min(size, limit), 0) if size else b""), size > limit
 
 
 def run_command(
@@ -97,24 +118,25 @@ def run_command(
         if limits.fuel is not None:
             store.set_fuel(limits.fuel)
         max_out = limits.max_output_bytes
-        stdout_path = scratch.stdout
-        watch.arm(limits.timeout_s, lambda: os.path.getsize(stdout_path) > max_out)
+        stdout_fd = scratch.stdout_fd
+        watch.arm(limits.timeout_s, lambda: os.fstat(stdout_fd).st_size > max_out)
         previous = host.enter(sink)
         try:
             # WASI config, instance and _start in one call, without the GIL.
             exit_code = fastpath.run_start(
-                store, task.pre, data, stdout_path, scratch.stderr, (manifest.name,), permissions.env,
+                store, task.pre, data, scratch.stdout, scratch.stderr, (manifest.name,), permissions.env,
                 [(grant.host, grant.guest, grant.mode == "rw") for grant in permissions.dirs],
             )
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if exc.stage == "setup":  # type: ignore[union-attr]
+                _forget_scratch(sink.depth)
                 raise  # a file or directory the hub could not open: the host failed, not the task
             error = classify(exc, watch, manifest, exc.memory_size)  # type: ignore[union-attr]
         finally:
             host.leave(previous)
             watch.disarm()
-        output, too_big = _read_bounded(stdout_path, max_out)
-        stderr, _ = _read_bounded(scratch.stderr, MAX_STDERR_BYTES)
+        output, too_big = _read_bounded(stdout_fd, max_out)
+        stderr, _ = _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)
     finally:
         watch.close()
         store.close()
