@@ -9,15 +9,11 @@ from aiohttp import WSMsgType, web
 
 from ..errors import BadRequest, NotFound
 from ..events.flow import EventFlow
-from ..routing.route import Route, RouteError
+from ..routing.route import Route
 from ..routing.table import RoutingTable
 from .body import json_response, parse_json, read_body
 
 __all__ = ["add_event_routes"]
-
-
-def _route_error(exc: RouteError) -> BadRequest:
-    return BadRequest(str(exc))
 
 
 class EventHandlers:
@@ -68,10 +64,7 @@ class EventHandlers:
         doc = parse_json(await request.read())
         if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
             raise BadRequest('expected {"routes": [ ... ]}')
-        try:
-            table = RoutingTable.from_dicts(doc["routes"])
-        except RouteError as exc:
-            raise _route_error(exc) from None
+        table = RoutingTable.from_dicts(doc["routes"])  # RouteError is a 400
         self.flow.swap(table)
         return json_response({"routes": [r.to_dict() for r in table.routes]})
 
@@ -83,14 +76,10 @@ class EventHandlers:
         doc.setdefault("id", route_id)
         if doc["id"] != route_id:
             raise BadRequest(f"route id {doc['id']!r} does not match the URL's {route_id!r}")
-        try:
-            route = Route.from_dict(doc)
-            routes = [r for r in self.flow.table.routes if r.id != route_id]
-            existed = len(routes) != len(self.flow.table)
-            table = RoutingTable([*routes, route])
-        except RouteError as exc:
-            raise _route_error(exc) from None
-        self.flow.swap(table)
+        route = Route.from_dict(doc)
+        routes = [r for r in self.flow.table.routes if r.id != route_id]
+        existed = len(routes) != len(self.flow.table)
+        self.flow.swap(RoutingTable([*routes, route]))
         return json_response(route.to_dict(), status=200 if existed else 201)
 
     async def delete_route(self, request: web.Request) -> web.Response:

@@ -19,8 +19,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from engine.errors import BadRequest
 from engine.routing.condition import Condition, ConditionError, compile_condition
-
 from fastpath import validate_filter
 
 __all__ = ["Destination", "Route", "RouteError", "SourceSelector"]
@@ -30,9 +30,10 @@ _BAD_NAME = re.compile(r"[\s\x00-\x1f\x7f]")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-class RouteError(ValueError):
+class RouteError(BadRequest, ValueError):
     """An invalid route; ``route_id`` and ``field`` say where, ``position`` is the
-    0-based offset in the condition text for a condition that does not parse."""
+    0-based offset in the condition text for a condition that does not parse.
+    A BadRequest (400 over HTTP) and, for callers of the table alone, a ValueError."""
 
     def __init__(self, message: str, route_id: str | None = None, field: str | None = None,
                  position: int | None = None) -> None:
