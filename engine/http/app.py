@@ -60,7 +60,7 @@ class Handlers:
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         data = await read_body(request, self.max_body)
-        mode = request.query.get("mode", "sync")
+        mode = request.query.get("mode", "sync") if request.query_string else "sync"
         if mode == "async":
             ex = self.co.submit(name, data, _priority(request))
             return json_response(
@@ -70,7 +70,9 @@ class Handlers:
             )
         if mode != "sync":
             raise BadRequest(f"mode must be 'sync' or 'async', got {mode!r}")
-        ex = await self.co.invoke(name, data, _priority(request))
+        ex = self.co.submit(name, data, _priority(request) if request.query_string else None)
+        if not ex.done:  # a warm handler has already run inline
+            await ex.wait()
         if ex.error is not None:
             return error_response(ex.error, _execution_headers(ex))
         return web.Response(body=ex.output, content_type="application/octet-stream", headers=_execution_headers(ex))
