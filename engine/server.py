@@ -19,6 +19,7 @@ from .events.flow import EventFlow
 from .http.app import create_app
 from .routing.route import RouteError
 from .routing.table import RoutingTable
+from .shadows import ShadowStore
 
 __all__ = ["Hub", "start_hub", "run_forever", "use_uvloop"]
 
@@ -79,22 +80,24 @@ async def start_hub(config: HubConfig, host: str | None = None, port: int | None
     mqtt = dict(config.mqtt) if config.mqtt is not None else None
     device_level = int(mqtt.pop("device_level", 2)) if mqtt is not None else 2
     coordinator = Coordinator(settings)
-    durable = None
+    durable = shadows = None
     try:
         for path in config.manifests:
             coordinator.load_manifest_file(path)
         durable = DurableQueue(Path(settings.state_dir) / "events.sqlite", events.durable_max_events,
                                events.durable_max_mib << 20, events.durable_ttl_s)
+        shadows = ShadowStore(Path(settings.state_dir) / "shadows.sqlite")
     except BaseException:
-        if durable is not None:
-            durable.close()
+        for store in (durable, shadows):
+            if store is not None:
+                store.close()
         await coordinator.aclose()
         raise
     bridge = None
     if mqtt is not None:
         bridge = MqttBridge(_mqtt_settings(mqtt), lambda topic, payload, qos: _from_device(
             flow, device_level, topic, payload))
-    flow = EventFlow(coordinator, table, devices=bridge, durable=durable,
+    flow = EventFlow(coordinator, table, devices=bridge, durable=durable, shadows=shadows,
                      cloud_prefix=events.cloud_prefix, max_hops=events.max_hops)
     hub = Hub(coordinator, flow, bridge, None, "")
     try:

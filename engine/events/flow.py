@@ -1,8 +1,10 @@
 """The event flow: every input goes to the destinations the routing table names.
 
-Inputs are device messages (MQTT), HTTP events, task outputs and task
-publishes; destinations are tasks, device topics (MQTT and WebSocket
-subscribers), the cloud uplink and shadows.  The decisions — which routes an
+Inputs are device messages (MQTT), HTTP events, task outputs, task
+publishes and shadow updates; destinations are tasks, device topics (MQTT
+and WebSocket subscribers), the cloud uplink and shadows.  A shadow update
+is announced as events on ``$shadow/<name>/update/accepted`` and, while the
+desired state differs from the reported one, ``$shadow/<name>/update/delta``.  The decisions — which routes an
 event takes — are the routing table's, made without I/O; this module only
 carries them out, and counts what happened to every event.
 
@@ -20,14 +22,17 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
+import orjson
+
 import fastpath
 
 from ..coordinator import Coordinator
-from ..errors import BadRequest, Overloaded, UnknownTask, WasmyardError
+from ..errors import BadRequest, HostError, Overloaded, UnknownTask, WasmyardError
 from ..execution import Execution
 from ..routing.route import Route
 from ..routing.table import RoutingTable
 from ..runtime import Outcome
+from ..shadows import ShadowStore
 
 __all__ = ["EventFlow", "Publisher", "Delivery"]
 
@@ -80,6 +85,7 @@ class EventFlow:
         *,
         devices: Publisher | None = None,
         durable: Any = None,
+        shadows: ShadowStore | None = None,
         cloud_prefix: str = "cloud",
         max_hops: int = 8,
         clock: Callable[[], float] = time.time,
@@ -88,6 +94,7 @@ class EventFlow:
         self.table = table if table is not None else RoutingTable(())
         self.devices = devices
         self.durable = durable
+        self.shadows = shadows
         self.cloud_prefix = cloud_prefix
         self.max_hops = max_hops
         self.clock = clock
@@ -169,7 +176,34 @@ class EventFlow:
             if self.devices is None:
                 return "no_uplink"
             return None if self.devices.publish(f"{self.cloud_prefix}/{topic}", payload, 1) else "uplink_full"
-        return "no_shadow_service"
+        if self.shadows is None:
+            return "no_shadow_service"
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return "shadow_not_json"
+        # A full update document, or (what devices usually send) just their reported state.
+        request = doc if isinstance(doc, dict) and "state" in doc else {"state": {"reported": doc}}
+        try:
+            self.update_shadow(dest.target, request, hops)
+        except WasmyardError as exc:
+            self._route(f"$shadow/{dest.target}/update/rejected", orjson.dumps({"error": exc.to_dict()}),
+                        "shadow", hops + 1)
+            return "shadow_rejected"
+        return None
+
+    def update_shadow(self, name: str, request: Any, hops: int = 0) -> dict[str, Any]:
+        """Apply a shadow update and announce it: ``$shadow/<name>/update/accepted``, and
+        ``$shadow/<name>/update/delta`` while desired and reported differ (devices route on these)."""
+        if self.shadows is None:
+            raise HostError("this hub has no shadow service")
+        accepted, diff = self.shadows.update(name, request, self.clock())
+        self.counters["in:shadow"] += 1
+        self._route(f"$shadow/{name}/update/accepted", orjson.dumps(accepted), "shadow", hops + 1)
+        if diff:
+            self._route(f"$shadow/{name}/update/delta",
+                        orjson.dumps({"state": diff, "version": accepted["version"]}), "shadow", hops + 1)
+        return accepted
 
     def _to_device(self, topic: str, payload: bytes, qos: int) -> str | None:
         taken = False
@@ -296,3 +330,5 @@ class EventFlow:
             self._drainer = None
         if self.durable is not None:
             self.durable.close()
+        if self.shadows is not None:
+            self.shadows.close()

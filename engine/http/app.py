@@ -23,6 +23,7 @@ from ..manifest import decode_manifest, manifest_from_dict
 from .body import json_response, parse_json, read_body
 from .errors import error_middleware, error_response
 from .events import add_event_routes
+from .shadows import add_shadow_routes
 
 __all__ = ["create_app", "COORDINATOR", "MAX_MODULE_BYTES"]
 
@@ -186,4 +187,5 @@ def create_app(coordinator: Coordinator, flow: EventFlow | None = None) -> web.A
     app.router.add_get("/openapi.json", h.openapi)
     if flow is not None:
         add_event_routes(app, flow, max_body)
+        add_shadow_routes(app, flow)
     return app

@@ -199,3 +199,30 @@ def test_durable_route_keeps_events_across_a_restart(tmp_path: Path) -> None:
         assert routing(hub)["durable"]["events"] == 0
     finally:
         hub.stop()
+
+
+def test_shadow_desired_change_reaches_the_device_and_reports_come_back(hub: HubProcess) -> None:
+    route = {"source": "shadow", "filter": "$shadow/+/update/delta", "destination": "device:config/{2}"}
+    assert hub.request("PUT", "/routes/shadow-delta", orjson.dumps(route)).status == 201
+    report = {"filter": "state/+/reported", "destination": "shadow:pump-1"}
+    assert hub.request("PUT", "/routes/reports", orjson.dumps(report)).status == 201
+
+    def desire() -> None:
+        resp = hub.request("POST", "/shadows/pump-1", orjson.dumps({"state": {"desired": {"on": True, "rpm": 900}}}))
+        assert resp.status == 200 and resp.json()["version"] == 1
+
+    deltas = collect(hub.url, "config/%23", desire, want=1)
+    assert deltas[0]["topic"] == "config/pump-1"
+    assert orjson.loads(deltas[0]["payload"]) == {"state": {"on": True, "rpm": 900}, "version": 1}
+    # the device reports (as a routed event): the delta shrinks to what is still missing
+    hub.request("POST", "/events/state/pump-1/reported", b'{"on": true, "rpm": 600}')
+    doc = hub.request("GET", "/shadows/pump-1").json()
+    assert doc["version"] == 2
+    assert doc["state"]["reported"] == {"on": True, "rpm": 600}
+    assert doc["state"]["delta"] == {"rpm": 900}
+    stale = hub.request("POST", "/shadows/pump-1", orjson.dumps({"state": {"desired": {"rpm": 1}}, "version": 1}))
+    assert stale.status == 409 and stale.json()["error"]["code"] == "version_conflict"
+    assert hub.request("GET", "/shadows/nope").status == 404
+    assert "pump-1" in hub.request("GET", "/shadows").json()["shadows"]
+    hub.request("DELETE", "/routes/shadow-delta")
+    hub.request("DELETE", "/routes/reports")
