@@ -113,6 +113,9 @@ class EventFlow:
                        lambda: self.table.counters.as_dict())
         if devices is not None and hasattr(devices, "stats"):
             metrics.family("wasmyard_mqtt", "MQTT bridge state and message counts.", "stat", devices.stats)
+        if durable is not None:
+            metrics.family("wasmyard_durable", "Durable route queue: held events and bytes, its caps, and "
+                           "totals expired, rejected (cap) and delivered.", "stat", durable.stats)
 
     # -- the table ----------------------------------------------------------
 

@@ -186,6 +186,7 @@ def test_durable_route_keeps_events_across_a_restart(tmp_path: Path) -> None:
             resp = hub.request("POST", f"/events/meter/m{n}", f"kwh={n}".encode())
             assert resp.json() == {"topic": f"meter/m{n}", "routes": 1, "delivered": 0, "queued": 1, "dropped": 0}
         assert routing(hub)["durable"]["events"] == 3
+        assert 'wasmyard_durable{stat="events"} 3' in hub.request("GET", "/metrics").body.decode()
     finally:
         hub.stop()
     hub = HubProcess(tmp_path / "state", config)  # same state dir: same SQLite file
