@@ -1,6 +1,6 @@
 """``command`` executions on worker threads while the event loop is busy.
 
-    .venv/bin/python bench/command_threads.py [--n 4000] [--quick]
+    .venv/bin/python bench/command_ratio.py [--n 4000] [--quick]
 
 A command task gets a fresh execution environment per execution and always
 runs on the coordinator's thread pool.  Each call into wasmtime's C API
