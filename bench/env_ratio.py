@@ -15,7 +15,7 @@ memory limit, the one call, reading the output).  Ratios are from one run.
 from __future__ import annotations
 
 import argparse
-import os
+import ctypes
 import sys
 import tempfile
 import time
@@ -30,11 +30,28 @@ import fastpath  # noqa: E402
 from engine.manifest import parse_manifest  # noqa: E402
 from engine.runtime import WasmRuntime, run_command  # noqa: E402
 from engine.runtime import watchdog  # noqa: E402
-from engine.runtime.capi import set_stdin_bytes  # noqa: E402
+from engine.runtime.capi import c_function  # noqa: E402
 from engine.runtime.host import Sink  # noqa: E402
 from engine.runtime.command import _scratch  # noqa: E402
 
 ECHO = ROOT / "wasm_tasks" / "echo"
+
+
+_byte_vec_new = c_function("wasm_byte_vec_new", None, ctypes.POINTER(wasmtime._ffi.wasm_byte_vec_t), ctypes.c_size_t,
+                           ctypes.c_char_p)
+_set_stdin_bytes = c_function("wasi_config_set_stdin_bytes", None, ctypes.c_void_p,
+                              ctypes.POINTER(wasmtime._ffi.wasm_byte_vec_t))
+
+
+def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    """Serve ``data`` as the guest's stdin straight from memory (no file).
+
+    ``wasm_byte_vec_new`` copies the bytes; the WASI config takes ownership
+    of that copy, so nothing here outlives the call.
+    """
+    vec = wasmtime._ffi.wasm_byte_vec_t()
+    _byte_vec_new(ctypes.byref(vec), len(data), data)
+    _set_stdin_bytes(ctypes.cast(wasi.ptr(), ctypes.c_void_p), ctypes.byref(vec))
 
 
 def best_of(fn, n: int, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]

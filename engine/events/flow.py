@@ -253,11 +253,6 @@ class EventFlow:
         self._durable_pending = True
         self._wake.set()
 
-    def retry_soon(self) -> None:
-        """A destination may have room again (an execution ended, a broker came back)."""
-        if self._durable_pending:
-            self._wake.set()
-
     async def start(self) -> None:
         if self.durable is not None and self._drainer is None:
             self._durable_pending = self.durable.stats()["events"] > 0

@@ -13,7 +13,7 @@ import wasmtime
 from wasmtime import _ffi
 
 __all__ = [
-    "c_function", "DEADLINE_CALLBACK_T", "set_epoch_deadline_callback", "error_new", "set_stdin_bytes",
+    "c_function", "DEADLINE_CALLBACK_T", "set_epoch_deadline_callback", "error_new",
     "use_pooling_allocator",
 ]
 
@@ -38,23 +38,6 @@ set_epoch_deadline_callback = c_function(
     None, ctypes.c_void_p, DEADLINE_CALLBACK_T, ctypes.c_void_p, ctypes.c_void_p,
 )
 error_new = c_function("wasmtime_error_new", ctypes.c_void_p, ctypes.c_char_p)
-
-_byte_vec_new = c_function("wasm_byte_vec_new", None, ctypes.POINTER(_ffi.wasm_byte_vec_t), ctypes.c_size_t,
-                           ctypes.c_char_p)
-_set_stdin_bytes = c_function("wasi_config_set_stdin_bytes", None, ctypes.c_void_p,
-                              ctypes.POINTER(_ffi.wasm_byte_vec_t))
-
-
-def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
-    """Serve ``data`` as the guest's stdin straight from memory (no file).
-
-    ``wasm_byte_vec_new`` copies the bytes; the WASI config takes ownership
-    of that copy, so nothing here outlives the call.
-    """
-    vec = _ffi.wasm_byte_vec_t()
-    _byte_vec_new(ctypes.byref(vec), len(data), data)
-    _set_stdin_bytes(ctypes.cast(wasi.ptr(), ctypes.c_void_p), ctypes.byref(vec))
-
 
 _V = ctypes.c_void_p
 _pool_new = c_function("wasmtime_pooling_allocation_config_new", _V)
