@@ -17,6 +17,7 @@ __all__ = [
     "IMPLEMENTATION", "LOAD_ERROR", "MODULES", "load",
     "PriorityQueue", "TopicRouter", "validate_filter", "validate_topic",
     "Export", "HandlerCall", "CallerMemory", "define_host_func", "check_wasmtime_version", "run_start",
+    "run_command_env",
 ]
 
 #: Every twin pair, by concept.  ``_<name>_c`` (Cython) beside ``_<name>_py``.
@@ -54,3 +55,4 @@ CallerMemory = _call.CallerMemory
 define_host_func = _call.define_host_func
 check_wasmtime_version = _call.check_wasmtime_version
 run_start = _call.run_start
+run_command_env = _call.run_command_env

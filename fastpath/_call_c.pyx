@@ -16,7 +16,10 @@ difference is the path into wasm:
 * ``run_start`` checks and converts its arguments into C buffers, then makes
   every C call of a command execution (WASI config, instantiation, ``_start``)
   in one stretch with the GIL released: a worker thread hands the GIL over
-  once per execution instead of once per ctypes call.
+  once per execution instead of once per ctypes call;
+* ``run_command_env`` goes further: the store itself (created, limited,
+  fuelled, given the caller's epoch-deadline callback, deleted) and the reads
+  of the two output files are in the same stretch without the GIL.
 
 Nothing links against wasmtime at build time: the C functions are resolved at
 import from the library wasmtime-py has already loaded (``wasmtime._ffi.dll``),
@@ -41,6 +44,10 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
+from libc.errno cimport EINTR, ENOMEM, errno
+from posix.stat cimport fstat, struct_stat
+from posix.types cimport off_t
+from posix.unistd cimport pread
 
 from fastpath._wasmtime_capi cimport *
 
@@ -49,7 +56,7 @@ import importlib.metadata
 import operator
 import os
 
-from wasmtime import FuncType, Instance, InstancePre, Linker, Store, Trap, ValType, WasmtimeError
+from wasmtime import Engine, FuncType, Instance, InstancePre, Linker, Store, Trap, ValType, WasmtimeError
 from wasmtime import _ffi
 from wasmtime import _func as _wasmtime_func
 
@@ -68,6 +75,7 @@ __all__ = [
     "HandlerCall",
     "check_wasmtime_version",
     "define_host_func",
+    "run_command_env",
     "run_start",
 ]
 
@@ -973,6 +981,103 @@ cdef int _describe(object exc, size_t memory_size, int stage) except -1:
     return 0
 
 
+cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path, object stderr_path,
+                     object argv, object env, object preopens):
+    """Check and convert run_start's arguments into ``job``.
+
+    Returns what must stay alive while ``job`` is used (the buffers its
+    pointers borrow) and the message for a closed ``pre`` (None if open).
+    """
+    cdef Py_ssize_t i
+    if not isinstance(pre, InstancePre):
+        raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+    if isinstance(stdin, bytes):
+        data = stdin
+    elif isinstance(stdin, bytearray):
+        data = bytes(stdin)
+    else:
+        data = _other_bytes(stdin)
+    stdout = _path(stdout_path, "stdout_path")
+    stderr = _path(stderr_path, "stderr_path")
+    args = [_text(a, "argv item") for a in _items(argv, "argv")]
+    names, values = [], []
+    for item in _items(env, "env"):
+        name, value = _unpack(item, 2, "env items")
+        names.append(_text(name, "env name"))
+        values.append(_text(value, "env value"))
+    hosts, guests, writable = [], [], []
+    for item in _items(preopens, "preopens"):
+        host, guest, flag = _unpack(item, 3, "preopens items")
+        hosts.append(_text(host, "preopen host path"))
+        guests.append(_text(guest, "preopen guest path"))
+        writable.append(bool(flag))
+
+    # A closed pre fails where wasmtime-py would notice it: later.
+    pre_closed = None
+    try:
+        job.pre = <const wasmtime_instance_pre_t *>_address(pre.ptr())
+    except ValueError as exc:
+        pre_closed = str(exc)
+
+    job.argc = len(args)
+    job.argv = _pointers(args)
+    job.envc = len(names)
+    job.env_names = _pointers(names)
+    job.env_values = _pointers(values)
+    job.ndirs = len(hosts)
+    job.dir_hosts = _pointers(hosts)
+    job.dir_guests = _pointers(guests)
+    if job.ndirs:
+        job.dir_writable = <uint8_t *>malloc(job.ndirs)
+        if job.dir_writable == NULL:
+            raise MemoryError()
+        for i in range(<Py_ssize_t>job.ndirs):
+            job.dir_writable[i] = writable[i]
+    job.stdin_data = <const uint8_t *>PyBytes_AS_STRING(data)
+    job.stdin_len = <size_t>PyBytes_GET_SIZE(data)
+    job.stdout_path = PyBytes_AS_STRING(stdout)
+    job.stderr_path = PyBytes_AS_STRING(stderr)
+    return (data, stdout, stderr, args, names, values, hosts, guests), pre_closed
+
+
+cdef int _start_result(StartJob *job, int status, object pre_closed) except -1:
+    """The exit status for ``status`` (what _run_start_nogil returned), or the exception."""
+    cdef wasmtime_error_t *error
+    cdef wasm_trap_t *trap
+    if status == START_OK:
+        return 0
+    if status == START_EXIT:
+        _maybe_raise_last_exn()  # as enter_wasm: a pending host exception wins
+        return job.exit_code
+    if status == START_ENTER_FAILED:
+        error, trap = job.error, job.trap
+        job.error = job.trap = NULL
+        _raise_failure(error, trap)
+    if status == START_SET_WASI_FAILED:
+        error = job.error
+        job.error = NULL
+        raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+    if status == START_ARGV_REFUSED:
+        raise WasmtimeError("failed to configure argv")
+    if status == START_ENV_REFUSED:
+        raise WasmtimeError("failed to configure environment")
+    if status == START_STDOUT_REFUSED:
+        raise WasmtimeError("failed to set stdout file")
+    if status == START_STDERR_REFUSED:
+        raise WasmtimeError("failed to set stderr file")
+    if status == START_PREOPEN_REFUSED:
+        raise WasmtimeError("failed to add preopen dir")
+    if status == START_STORE_CLOSED:
+        raise ValueError("already closed")
+    if status == START_PRE_CLOSED:
+        raise ValueError(pre_closed)
+    if status == START_NO_START:
+        raise ValueError(NO_START)
+    if status == START_HAS_PARAMS:
+        raise WasmtimeError(f"too few parameters provided: given 0, expected {job.nparams}")
+    raise MemoryError()
+
+
 def run_start(store, pre, stdin, stdout_path, stderr_path, argv=(), env=(), preopens=()):
     """Run one WASI command in ``store``: configure WASI, instantiate ``pre``, call ``_start``.
 
@@ -985,102 +1090,188 @@ def run_start(store, pre, stdin, stdout_path, stderr_path, argv=(), env=(), preo
     """
     cdef StartJob job
     cdef int status
-    cdef Py_ssize_t i
-    cdef wasmtime_error_t *error
-    cdef wasm_trap_t *trap
     memset(&job, 0, sizeof(StartJob))
     try:
         try:
             if not isinstance(store, Store):
                 raise TypeError(f"expected a wasmtime.Store, got {type(store).__name__}")
-            if not isinstance(pre, InstancePre):
-                raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
-            if isinstance(stdin, bytes):
-                data = stdin
-            elif isinstance(stdin, bytearray):
-                data = bytes(stdin)
-            else:
-                data = _other_bytes(stdin)
-            stdout = _path(stdout_path, "stdout_path")
-            stderr = _path(stderr_path, "stderr_path")
-            args = [_text(a, "argv item") for a in _items(argv, "argv")]
-            names, values = [], []
-            for item in _items(env, "env"):
-                name, value = _unpack(item, 2, "env items")
-                names.append(_text(name, "env name"))
-                values.append(_text(value, "env value"))
-            hosts, guests, writable = [], [], []
-            for item in _items(preopens, "preopens"):
-                host, guest, flag = _unpack(item, 3, "preopens items")
-                hosts.append(_text(host, "preopen host path"))
-                guests.append(_text(guest, "preopen guest path"))
-                writable.append(bool(flag))
-
-            # Closed objects fail where wasmtime-py would notice them: later.
+            keep, pre_closed = _fill_job(&job, pre, stdin, stdout_path, stderr_path, argv, env, preopens)
+            # A closed store fails where wasmtime-py would notice it: later.
             if store._Store__context is not None:
                 job.ctx = _context_of(store)
-            pre_closed = None
-            try:
-                job.pre = <const wasmtime_instance_pre_t *>_address(pre.ptr())
-            except ValueError as exc:
-                pre_closed = str(exc)
-
-            job.argc = len(args)
-            job.argv = _pointers(args)
-            job.envc = len(names)
-            job.env_names = _pointers(names)
-            job.env_values = _pointers(values)
-            job.ndirs = len(hosts)
-            job.dir_hosts = _pointers(hosts)
-            job.dir_guests = _pointers(guests)
-            if job.ndirs:
-                job.dir_writable = <uint8_t *>malloc(job.ndirs)
-                if job.dir_writable == NULL:
-                    raise MemoryError()
-                for i in range(<Py_ssize_t>job.ndirs):
-                    job.dir_writable[i] = writable[i]
-            job.stdin_data = <const uint8_t *>PyBytes_AS_STRING(data)
-            job.stdin_len = <size_t>PyBytes_GET_SIZE(data)
-            job.stdout_path = PyBytes_AS_STRING(stdout)
-            job.stderr_path = PyBytes_AS_STRING(stderr)
-
             with nogil:
                 status = _run_start_nogil(&job)
-
-            if status == START_OK:
-                return 0
-            if status == START_EXIT:
-                _maybe_raise_last_exn()  # as enter_wasm: a pending host exception wins
-                return job.exit_code
-            if status == START_ENTER_FAILED:
-                error, trap = job.error, job.trap
-                job.error = job.trap = NULL
-                _raise_failure(error, trap)
-            if status == START_SET_WASI_FAILED:
-                error = job.error
-                job.error = NULL
-                raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
-            if status == START_ARGV_REFUSED:
-                raise WasmtimeError("failed to configure argv")
-            if status == START_ENV_REFUSED:
-                raise WasmtimeError("failed to configure environment")
-            if status == START_STDOUT_REFUSED:
-                raise WasmtimeError("failed to set stdout file")
-            if status == START_STDERR_REFUSED:
-                raise WasmtimeError("failed to set stderr file")
-            if status == START_PREOPEN_REFUSED:
-                raise WasmtimeError("failed to add preopen dir")
-            if status == START_STORE_CLOSED:
-                raise ValueError("already closed")
-            if status == START_PRE_CLOSED:
-                raise ValueError(pre_closed)
-            if status == START_NO_START:
-                raise ValueError(NO_START)
-            if status == START_HAS_PARAMS:
-                raise WasmtimeError(f"too few parameters provided: given 0, expected {job.nparams}")
-            raise MemoryError()
+            return _start_result(&job, status, pre_closed)
         except BaseException as exc:
             _describe(exc, job.memory_size, job.stage)
             raise
     finally:
         _free_job(&job)
+
+
+# -- run_command_env: a whole command execution environment ---------------------
+
+cdef fn_wasmtime_store_new c_store_new = <fn_wasmtime_store_new>_symbol("wasmtime_store_new")
+cdef fn_wasmtime_store_context c_store_context = <fn_wasmtime_store_context>_symbol("wasmtime_store_context")
+cdef fn_wasmtime_store_limiter c_store_limiter = <fn_wasmtime_store_limiter>_symbol("wasmtime_store_limiter")
+cdef fn_wasmtime_store_delete c_store_delete = <fn_wasmtime_store_delete>_symbol("wasmtime_store_delete")
+cdef fn_wasmtime_context_set_fuel c_context_set_fuel = \
+    <fn_wasmtime_context_set_fuel>_symbol("wasmtime_context_set_fuel")
+cdef fn_wasmtime_store_epoch_deadline_callback c_store_epoch_deadline_callback = \
+    <fn_wasmtime_store_epoch_deadline_callback>_symbol("wasmtime_store_epoch_deadline_callback")
+cdef fn_wasmtime_context_set_epoch_deadline c_context_set_epoch_deadline = \
+    <fn_wasmtime_context_set_epoch_deadline>_symbol("wasmtime_context_set_epoch_deadline")
+
+cdef enum:
+    ENV_FUEL_FAILED = 100   # env.start.error
+    ENV_READ_FAILED         # env.read_errno
+
+
+ctypedef struct Output:
+    int fd
+    size_t limit
+    char *data              # malloc'ed; NULL when empty
+    size_t size
+    bint too_big
+
+
+ctypedef struct EnvJob:
+    StartJob start
+    wasm_engine_t *engine
+    int64_t memory_limit
+    bint has_fuel
+    uint64_t fuel
+    wasmtime_epoch_deadline_callback_t callback
+    void *watch_key
+    Output out
+    Output err
+    int read_errno
+
+
+cdef int _read_output(Output *o) noexcept nogil:
+    """At most ``o.limit`` bytes of the file open at ``o.fd`` (from offset 0),
+    sized by fstat first; 0 or an errno."""
+    cdef struct_stat st
+    cdef size_t n, got = 0
+    cdef ssize_t r
+    cdef int code
+    if fstat(o.fd, &st) != 0:
+        return errno
+    n = <size_t>st.st_size
+    o.too_big = n > o.limit
+    if n > o.limit:
+        n = o.limit
+    if n == 0:
+        return 0
+    o.data = <char *>malloc(n)
+    if o.data == NULL:
+        return ENOMEM
+    while got < n:
+        r = pread(o.fd, o.data + got, n - got, <off_t>got)
+        if r < 0:
+            code = errno
+            if code == EINTR:
+                continue
+            return code
+        if r == 0:
+            break
+        got += <size_t>r
+    o.size = got
+    return 0
+
+
+cdef int _run_env_nogil(EnvJob *job) noexcept nogil:
+    """Store, limits, fuel, epoch callback, run_start's calls, the outputs; the
+    store is deleted before returning, whatever happened."""
+    cdef wasmtime_store_t *store = c_store_new(job.engine, NULL, NULL)
+    cdef int status
+    job.start.ctx = c_store_context(store)
+    c_store_limiter(store, job.memory_limit, -1, -1, -1, -1)
+    if job.has_fuel:
+        job.start.error = c_context_set_fuel(job.start.ctx, job.fuel)
+        if job.start.error != NULL:
+            c_store_delete(store)
+            return ENV_FUEL_FAILED
+    c_store_epoch_deadline_callback(store, job.callback, job.watch_key, NULL)
+    c_context_set_epoch_deadline(job.start.ctx, 1)
+    status = _run_start_nogil(&job.start)
+    c_store_delete(store)
+    job.start.ctx = NULL
+    if status == START_OK or status == START_EXIT:
+        job.read_errno = _read_output(&job.out)
+        if job.read_errno == 0:
+            job.read_errno = _read_output(&job.err)
+        if job.read_errno != 0:
+            return ENV_READ_FAILED
+    return status
+
+
+cdef object _bounded(object value, str what, object low, object high):
+    """``value`` as an int in [low, high], or TypeError / ValueError (spelled as in _call_py)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+_INT32_MAX = (1 << 31) - 1
+_INT64_MAX = (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+
+def run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, stderr_fd, max_stdout, max_stderr,
+                    memory_limit, fuel, watch_key, deadline_callback, argv=(), env=(), preopens=()):
+    """One whole command execution environment: ``run_start`` in a store of its own.
+
+    Returns ``(exit_code, stdout, stderr, stdout_too_big)``; the outputs are
+    read from the files open at ``stdout_fd`` / ``stderr_fd``.  Raises what
+    ``run_start`` raises, with ``memory_size`` and ``stage``.
+    ``_call_py.run_command_env`` is the reference for the details.
+    """
+    cdef EnvJob job
+    cdef int status, code
+    memset(&job, 0, sizeof(EnvJob))
+    try:
+        try:
+            if not isinstance(engine, Engine):
+                raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
+            if not isinstance(pre, InstancePre):
+                raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+            job.out.fd = _bounded(stdout_fd, "stdout_fd", 0, _INT32_MAX)
+            job.err.fd = _bounded(stderr_fd, "stderr_fd", 0, _INT32_MAX)
+            job.out.limit = _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
+            job.err.limit = _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
+            job.memory_limit = _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
+            if fuel is not None:
+                job.fuel = _bounded(fuel, "fuel", 0, _UINT64_MAX)
+                job.has_fuel = True
+            job.watch_key = <void *><uintptr_t>_bounded(watch_key, "watch_key", 0, _UINT64_MAX)
+            job.callback = <wasmtime_epoch_deadline_callback_t><uintptr_t>_bounded(
+                deadline_callback, "deadline_callback", 1, _UINT64_MAX)
+            keep, pre_closed = _fill_job(&job.start, pre, stdin, stdout_path, stderr_path, argv, env, preopens)
+            job.engine = <wasm_engine_t *>_address(engine.ptr())
+            with nogil:
+                status = _run_env_nogil(&job)
+            if status == ENV_FUEL_FAILED:
+                error = job.start.error
+                job.start.error = NULL
+                raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+            if status == ENV_READ_FAILED:
+                _maybe_raise_last_exn()
+                code = job.read_errno
+                raise OSError(code, os.strerror(code))
+            code = _start_result(&job.start, status, pre_closed)
+            return (
+                code,
+                PyBytes_FromStringAndSize(job.out.data, job.out.size) if job.out.size else b"",
+                PyBytes_FromStringAndSize(job.err.data, job.err.size) if job.err.size else b"",
+                bool(job.out.too_big),
+            )
+        except BaseException as exc:
+            _describe(exc, job.start.memory_size, job.start.stage)
+            raise
+    finally:
+        _free_job(&job.start)
+        free(job.out.data)
+        free(job.err.data)

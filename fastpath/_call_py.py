@@ -19,6 +19,9 @@ exceptions, same messages.
   store (argv, env, stdin served from bytes, stdout/stderr to files, preopened
   directories), an instance of an ``InstancePre``, a call of its ``_start``;
   the exit status comes back as an int (``ExitTrap`` is not raised).
+* ``run_command_env`` — ``run_start`` in a store of its own (memory limit,
+  fuel, an epoch-deadline callback given by address), plus the bounded
+  reads of the two output files; the store is deleted on every path.
 * ``define_host_func`` — a host import whose callback gets a
   ``CallerMemory`` (the caller's ``memory``, valid during the call only) and
   the integer arguments.  A callback must not reference a ``Store`` (or an
@@ -40,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from wasmtime import (
     Caller,
+    Engine,
     ExitTrap,
     Func,
     FuncType,
@@ -66,6 +70,7 @@ __all__ = [
     "HandlerCall",
     "check_wasmtime_version",
     "define_host_func",
+    "run_command_env",
     "run_start",
 ]
 
@@ -506,3 +511,96 @@ def run_start(store: Store, pre: InstancePre, stdin: BytesLike, stdout_path: Uni
     except BaseException as exc:
         _describe(exc, _memory_size(store, instance), stage)
         raise
+
+
+# -- run_command_env: a whole command execution environment ---------------------
+
+# wasmtime-py does not wrap the epoch-deadline callback; the callback is passed
+# as the address of a C function (the caller keeps it alive), data as an integer.
+_set_deadline_callback = _c_function("wasmtime_store_epoch_deadline_callback", None, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_INT32_MAX = (1 << 31) - 1
+_INT64_MAX = (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+
+def _bounded(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _read_output(fd: int, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the file open at ``fd``, and whether it held
+    more.  Sized by fstat first: reading ``limit + 1`` would allocate the whole
+    limit every time."""
+    size = os.fstat(fd).st_size
+    n = min(size, limit)
+    return (os.pread(fd, n, 0) if n else b""), size > limit
+
+
+def run_command_env(engine: Engine, pre: InstancePre, stdin: BytesLike,
+                    stdout_path: Union[str, "os.PathLike[str]"], stderr_path: Union[str, "os.PathLike[str]"],
+                    stdout_fd: int, stderr_fd: int, max_stdout: int, max_stderr: int, memory_limit: int,
+                    fuel: Optional[int], watch_key: int, deadline_callback: int, argv: Sequence[str] = (),
+                    env: Sequence[tuple[str, str]] = (),
+                    preopens: Sequence[tuple[str, str, bool]] = ()) -> tuple[int, bytes, bytes, bool]:
+    """One whole command execution environment: ``run_start`` in a store of its own.
+
+    Creates a store on ``engine`` with ``memory_limit`` bytes of linear memory
+    (-1: no limit) and ``fuel`` (None: fuel is not set), installs the epoch
+    deadline callback at address ``deadline_callback`` (a C function, e.g. a
+    ctypes callback the caller keeps alive) with ``watch_key`` as its data,
+    sets the epoch deadline to 1, runs ``run_start``, then reads the outputs
+    through ``stdout_fd`` / ``stderr_fd``, descriptors open for reading on
+    the two files.  The store is deleted on every path; the compiled twin
+    makes all these calls without the GIL.
+
+    Returns ``(exit_code, stdout, stderr, stdout_too_big)``: at most
+    ``max_stdout`` / ``max_stderr`` bytes of each file, and whether stdout held
+    more than ``max_stdout``.  Raises what ``run_start`` raises, with
+    ``memory_size`` and ``stage`` attributes; bad arguments and a fuel that
+    cannot be set (an engine without fuel) are ``"setup"`` failures; an
+    ``OSError`` from reading the outputs is a ``"start"`` one, memory size 0.
+    """
+    try:
+        if not isinstance(engine, Engine):
+            raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
+        if not isinstance(pre, InstancePre):
+            raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+        _bounded(stdout_fd, "stdout_fd", 0, _INT32_MAX)
+        _bounded(stderr_fd, "stderr_fd", 0, _INT32_MAX)
+        _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
+        _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
+        _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
+        if fuel is not None:
+            _bounded(fuel, "fuel", 0, _UINT64_MAX)
+        _bounded(watch_key, "watch_key", 0, _UINT64_MAX)
+        _bounded(deadline_callback, "deadline_callback", 1, _UINT64_MAX)
+        store = Store(engine)
+    except BaseException as exc:
+        _describe(exc, 0, "setup")
+        raise
+    try:
+        try:
+            store.set_limits(memory_size=memory_limit)
+            if fuel is not None:
+                store.set_fuel(fuel)
+            _set_deadline_callback(ctypes.cast(store.ptr(), ctypes.c_void_p), deadline_callback,
+                                   watch_key or None, None)
+            store.set_epoch_deadline(1)
+        except BaseException as exc:
+            _describe(exc, 0, "setup")
+            raise
+        code = run_start(store, pre, stdin, stdout_path, stderr_path, argv, env, preopens)
+        try:
+            stdout, too_big = _read_output(stdout_fd, max_stdout)
+            stderr, _ = _read_output(stderr_fd, max_stderr)
+        except BaseException as exc:
+            _describe(exc, 0, "start")
+            raise
+        return code, stdout, stderr, too_big
+    finally:
+        store.close()

@@ -192,3 +192,32 @@ ctypedef wasmtime_error_t *(*fn_wasmtime_instance_pre_instantiate)(
 ctypedef uint8_t (*fn_wasmtime_error_exit_status)(
     const wasmtime_error_t *error, int *status) noexcept nogil
 ctypedef void (*fn_wasmtime_error_delete)(wasmtime_error_t *error) noexcept nogil
+
+# -- a whole command execution environment (run_command_env) -------------------
+
+ctypedef void wasm_engine_t
+ctypedef void wasmtime_store_t
+
+# store.h: wasmtime_error_t *(*func)(wasmtime_context_t *context, void *data,
+#     uint64_t *epoch_deadline_delta, wasmtime_update_deadline_kind_t *update_kind)
+# (wasmtime_update_deadline_kind_t is uint8_t); called with wasm on the stack,
+# a ctypes callback takes the GIL itself.
+ctypedef wasmtime_error_t *(*wasmtime_epoch_deadline_callback_t)(
+    wasmtime_context_t *context, void *data, uint64_t *epoch_deadline_delta,
+    uint8_t *update_kind) noexcept nogil
+
+# store.h
+ctypedef wasmtime_store_t *(*fn_wasmtime_store_new)(
+    wasm_engine_t *engine, void *data, wasmtime_finalizer_t finalizer) noexcept nogil
+ctypedef wasmtime_context_t *(*fn_wasmtime_store_context)(wasmtime_store_t *store) noexcept nogil
+ctypedef void (*fn_wasmtime_store_limiter)(
+    wasmtime_store_t *store, int64_t memory_size, int64_t table_elements,
+    int64_t instances, int64_t tables, int64_t memories) noexcept nogil
+ctypedef void (*fn_wasmtime_store_delete)(wasmtime_store_t *store) noexcept nogil
+ctypedef wasmtime_error_t *(*fn_wasmtime_context_set_fuel)(
+    wasmtime_context_t *store, uint64_t fuel) noexcept nogil
+ctypedef void (*fn_wasmtime_store_epoch_deadline_callback)(
+    wasmtime_store_t *store, wasmtime_epoch_deadline_callback_t func, void *data,
+    wasmtime_finalizer_t finalizer) noexcept nogil
+ctypedef void (*fn_wasmtime_context_set_epoch_deadline)(
+    wasmtime_context_t *context, uint64_t ticks_beyond_current) noexcept nogil

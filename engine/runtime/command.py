@@ -1,10 +1,11 @@
 """``command`` tasks: a fresh WASI environment per execution.
 
 Input is the guest's stdin, stdout is the output, stderr becomes log lines, the
-exit code is the status.  ``fastpath.run_start`` configures WASI, instantiates
-and runs ``_start`` in one call with the GIL released throughout, so a worker
-thread hands the GIL to the event loop once per execution rather than once per
-wasmtime call.  Stdin is served from memory; stdout and stderr go through files
+exit code is the status.  ``fastpath.run_command_env`` creates the store, sets
+its limits and the watchdog's deadline callback, configures WASI, instantiates,
+runs ``_start``, reads the outputs and deletes the store in one call with the
+GIL released throughout, so a worker thread hands the GIL to the event loop
+once per execution rather than once per wasmtime call or system call.  Stdin is served from memory; stdout and stderr go through files
 (``stdout_custom`` callbacks were unreliable in wasmtime-py), two per worker
 thread, reused, so an execution costs no directory churn.  The watchdog checks
 the stdout file's size at every tick, so a guest that floods its output is
@@ -93,8 +94,8 @@ def _forget_scratch(depth: int) -> None:
 
 
 def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of a file, and whether it held more.  Sized by
-    fstat first: reading ``limit + 1`` would allocate the whole limit every time."""
+    """At most ``limit`` bytes of a file, and whether it held more (after a
+    failure; a successful run gets its outputs from ``run_command_env``)."""
     size = os.fstat(fd).st_size
     return (os.pread(fd, min(size, limit), 0) if size else b""), size > limit
 
@@ -107,24 +108,22 @@ def run_command(
     limits = manifest.limits
     permissions = manifest.permissions
     scratch = _scratch(sink.depth)
-    store = wasmtime.Store(task.engine)
-    watch = watchdog.install(store)
-    if on_watch is not None:
-        on_watch(watch)
-    exit_code: int | None = None
-    error = None
+    watch = watchdog.new_watch()
     try:
-        store.set_limits(memory_size=limits.memory_bytes)
-        if limits.fuel is not None:
-            store.set_fuel(limits.fuel)
+        if on_watch is not None:
+            on_watch(watch)
         max_out = limits.max_output_bytes
         stdout_fd = scratch.stdout_fd
+        error = None
         watch.arm(limits.timeout_s, lambda: os.fstat(stdout_fd).st_size > max_out)
         previous = host.enter(sink)
         try:
-            # WASI config, instance and _start in one call, without the GIL.
-            exit_code = fastpath.run_start(
-                store, task.pre, data, scratch.stdout, scratch.stderr, (manifest.name,), permissions.env,
+            # Store, limits, watchdog, WASI config, instance, _start and the
+            # outputs in one call, without the GIL; the store is gone after it.
+            exit_code, output, stderr, too_big = fastpath.run_command_env(
+                task.engine, task.pre, data, scratch.stdout, scratch.stderr, stdout_fd, scratch.stderr_fd,
+                max_out, MAX_STDERR_BYTES, limits.memory_bytes, limits.fuel, watch.key, watchdog.CALLBACK_ADDRESS,
+                (manifest.name,), permissions.env,
                 [(grant.host, grant.guest, grant.mode == "rw") for grant in permissions.dirs],
             )
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -132,14 +131,15 @@ def run_command(
                 _forget_scratch(sink.depth)
                 raise  # a file or directory the hub could not open: the host failed, not the task
             error = classify(exc, watch, manifest, exc.memory_size)  # type: ignore[union-attr]
+            exit_code = None
+            output, _ = _read_bounded(stdout_fd, max_out)
+            stderr, _ = _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)
+            too_big = False
         finally:
             host.leave(previous)
             watch.disarm()
-        output, too_big = _read_bounded(stdout_fd, max_out)
-        stderr, _ = _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)
     finally:
         watch.close()
-        store.close()
     sink.logs[:0] = [("stderr", line) for line in stderr.decode("utf-8", "replace").splitlines()]
     if error is None and too_big:
         error = OutputTooLarge(f"task {manifest.name!r} wrote more than its output limit of {limits.max_output_kib} KiB")

@@ -23,7 +23,7 @@ import wasmtime
 
 from .capi import DEADLINE_CALLBACK_T, error_new, set_epoch_deadline_callback
 
-__all__ = ["Watch", "Ticker", "install", "TICK_S"]
+__all__ = ["Watch", "Ticker", "install", "new_watch", "CALLBACK_ADDRESS", "TICK_S"]
 
 TICK_S = 0.005
 """Epoch period: timeouts and cancellation take effect within one tick."""
@@ -89,10 +89,21 @@ def _on_deadline(_ctx, data, delta, kind):  # type: ignore[no-untyped-def]
 _CALLBACK = DEADLINE_CALLBACK_T(_on_deadline)  # kept alive for the life of the process
 
 
-def install(store: wasmtime.Store) -> Watch:
-    """Attach a new ``Watch`` to ``store``; close it with the store."""
+CALLBACK_ADDRESS: int = ctypes.cast(_CALLBACK, ctypes.c_void_p).value or 0
+"""The C address of the deadline callback, for a store created without the GIL
+(``fastpath.run_command_env``): install it there with a Watch's ``key`` as data."""
+
+
+def new_watch() -> Watch:
+    """A registered ``Watch`` not yet attached to a store; close it when done."""
     watch = Watch()
     _WATCHES[watch.key] = watch
+    return watch
+
+
+def install(store: wasmtime.Store) -> Watch:
+    """Attach a new ``Watch`` to ``store``; close it with the store."""
+    watch = new_watch()
     set_epoch_deadline_callback(ctypes.cast(store.ptr(), ctypes.c_void_p), _CALLBACK, ctypes.c_void_p(watch.key), None)
     store.set_epoch_deadline(1)
     return watch

@@ -1,4 +1,5 @@
-"""``run_start`` (fastpath "call"): one whole WASI command execution, both twins.
+"""``run_start`` and ``run_command_env`` (fastpath "call"): one whole WASI command
+execution, both twins.
 
 Each behaviour is checked as an outcome — the exit status, or the exception's
 type, message, trap code, ``memory_size`` and ``stage`` — and compared across
@@ -21,6 +22,8 @@ import pytest
 import wasmtime
 from guests import command_wasm, command_wat
 from twins import EXAMPLES, ROOT, twin_params
+
+from engine.runtime import watchdog  # the real deadline callback, as the runtime installs it
 
 TWINS = twin_params("call")
 ALL_TWINS: list[ModuleType] = [p.values[0] for p in TWINS]
@@ -651,6 +654,240 @@ def test_twenty_thousand_executions_do_not_leak(twin: ModuleType) -> None:
     """A leaked stdin copy alone would be 20,000 × 8 KiB = 160 MiB; anything
     left behind per execution (config, error, trap, strings) shows up here."""
     script = LEAK_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"), module=twin.__name__, n=20_000)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    growth = int(done.stdout.split()[-1])
+    assert growth < 16 << 20, f"RSS grew by {growth / (1 << 20):.1f} MiB over 20,000 executions"
+
+
+# ---- run_command_env: the whole execution environment in one call ------------------------------
+
+STDERR_LINE = b"log line on stderr\n"
+TICKING_ENGINE = _engine(epoch_interruption=True, consume_fuel=True)
+
+
+class Descriptors:
+    """The two output files with a read descriptor on each, as the runtime keeps them."""
+
+    def __init__(self, files: Files) -> None:
+        self.files = files
+        self.stdout_fd = os.open(files.stdout, os.O_RDONLY | os.O_CREAT, 0o600)
+        self.stderr_fd = os.open(files.stderr, os.O_RDONLY | os.O_CREAT, 0o600)
+
+    def close(self) -> None:
+        os.close(self.stdout_fd)
+        os.close(self.stderr_fd)
+
+
+@pytest.fixture
+def fds(files: Files) -> Any:
+    d = Descriptors(files)
+    yield d
+    d.close()
+
+
+def env_run(twin: ModuleType, pre: wasmtime.InstancePre, fds: Descriptors, stdin: Any = b"",
+            engine: wasmtime.Engine = ENGINE, max_stdout: int = 1 << 20, max_stderr: int = 1 << 16,
+            memory_limit: int = -1, fuel: Optional[int] = None, watch: Optional[watchdog.Watch] = None,
+            **kwargs: Any) -> tuple:
+    """``outcome`` of ``run_command_env``, with a Watch of its own unless one is given."""
+    mine = watch or watchdog.new_watch()
+    if watch is None:
+        mine.arm(60)
+    try:
+        return outcome(twin.run_command_env, engine, pre, stdin, fds.files.stdout, fds.files.stderr,
+                       fds.stdout_fd, fds.stderr_fd, max_stdout, max_stderr, memory_limit, fuel,
+                       mine.key, watchdog.CALLBACK_ADDRESS, **kwargs)
+    finally:
+        if watch is None:
+            mine.close()
+
+
+def test_package_exports_run_command_env() -> None:
+    import fastpath
+
+    assert fastpath.run_command_env is ALL_TWINS[0].run_command_env
+    assert all("run_command_env" in twin.__all__ for twin in ALL_TWINS)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, hub", bytes(range(256)) * 4096], ids=["empty", "short", "1MiB"])
+def test_env_echo_returns_both_outputs(fds: Descriptors, data: bytes) -> None:
+    pre = prepared(command_wasm("echo"))
+    got = agree([env_run(twin, pre, fds, data, engine=ENGINE) for twin in ALL_TWINS])
+    assert got == ("ok", (0, data, STDERR_LINE, False))
+
+
+def test_env_outputs_are_bounded(fds: Descriptors) -> None:
+    pre = prepared(command_wasm("echo"))
+    data = b"0123456789" * 10
+    for limit, expected in ((100, False), (99, True), (0, True)):
+        got = agree([env_run(twin, pre, fds, data, max_stdout=limit, max_stderr=4) for twin in ALL_TWINS])
+        assert got == ("ok", (0, data[:limit], STDERR_LINE[:4], expected))
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_env_exit_status(twin: ModuleType, fds: Descriptors) -> None:
+    got = env_run(twin, prepared(command_wasm("exit3"), engine=TICKING_ENGINE), fds, fuel=10_000,
+                  engine=TICKING_ENGINE)
+    assert got == ("ok", (3, b"", b"", False))
+
+
+def test_env_memory_limit_and_trap_carry_memory_size(fds: Descriptors) -> None:
+    pre = prepared(command_wasm("membomb"))
+    got = agree([env_run(twin, pre, fds, memory_limit=1 << 20) for twin in ALL_TWINS])
+    assert got[:2] == ("raised", wasmtime.Trap) and got[3] == wasmtime.TrapCode.UNREACHABLE
+    assert got[4:] == (1 << 20, "start")
+    got = agree([env_run(twin, prepared(command_wasm("trap")), fds) for twin in ALL_TWINS])
+    assert got[3] == wasmtime.TrapCode.UNREACHABLE and got[4:] == (65536, "start")
+    got = agree([env_run(twin, pre, fds, memory_limit=1000) for twin in ALL_TWINS])  # below the minimum
+    assert got[:2] == ("raised", wasmtime.WasmtimeError) and got[4:] == (0, "instantiate")
+
+
+def test_env_fuel_exhaustion_and_fuel_without_fuel(fds: Descriptors) -> None:
+    pre = prepared(command_wasm("loop"), engine=TICKING_ENGINE)
+    got = agree([env_run(twin, pre, fds, engine=TICKING_ENGINE, fuel=10_000) for twin in ALL_TWINS])
+    assert got[:2] == ("raised", wasmtime.Trap) and got[3] == wasmtime.TrapCode.OUT_OF_FUEL
+    assert got[4:] == (65536, "start")
+    got = agree([env_run(twin, prepared(command_wasm("echo")), fds, fuel=10) for twin in ALL_TWINS])
+    assert got[:2] == ("raised", wasmtime.WasmtimeError) and got[4:] == (0, "setup")
+
+
+@pytest.fixture
+def ticker() -> Any:
+    t = watchdog.Ticker([TICKING_ENGINE])
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_env_timeout_through_the_watchdog(twin: ModuleType, fds: Descriptors, ticker: watchdog.Ticker) -> None:
+    pre = prepared(command_wasm("loop"), engine=TICKING_ENGINE)
+    watch = watchdog.new_watch()
+    try:
+        watch.arm(0.05)
+        got = env_run(twin, pre, fds, engine=TICKING_ENGINE, fuel=1 << 62, watch=watch)
+    finally:
+        watch.close()
+    assert got[:2] == ("raised", wasmtime.WasmtimeError) and "execution stopped (timeout)" in got[2]
+    assert got[4:] == (65536, "start") and watch.reason == "timeout"
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_env_cancel_through_the_watchdog(twin: ModuleType, fds: Descriptors, ticker: watchdog.Ticker) -> None:
+    started = threading.Event()
+    pre = prepared(SPIN, twin, TICKING_ENGINE, host=(("started", ":", lambda mem: started.set()),))
+    watch = watchdog.new_watch()
+    watch.owner = "exec-1"
+    result: list[tuple] = []
+    try:
+        watch.arm(60)
+        thread = threading.Thread(target=lambda: result.append(
+            env_run(twin, pre, fds, engine=TICKING_ENGINE, fuel=1 << 62, watch=watch)))
+        thread.start()
+        started.wait(120)  # a guard against hanging, not a timing assertion
+        watch.cancel_for = "exec-2"  # another execution's cancel does not stop this one
+        thread.join(0.1)
+        assert thread.is_alive()
+        watch.cancel_for = "exec-1"
+        thread.join()
+    finally:
+        watch.close()
+    assert result[0][:2] == ("raised", wasmtime.WasmtimeError) and "(cancelled)" in result[0][2]
+    assert watch.reason == "cancelled"
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_env_output_check_through_the_watchdog(twin: ModuleType, fds: Descriptors,
+                                               ticker: watchdog.Ticker) -> None:
+    pre = prepared(command_wasm("flood"), engine=TICKING_ENGINE)
+    watch = watchdog.new_watch()
+    try:
+        watch.arm(60, lambda: os.fstat(fds.stdout_fd).st_size > 1 << 16)
+        got = env_run(twin, pre, fds, engine=TICKING_ENGINE, fuel=1 << 62, watch=watch)
+    finally:
+        watch.close()
+    assert got[:2] == ("raised", wasmtime.WasmtimeError) and "(output)" in got[2]
+
+
+def test_env_setup_failures_and_bad_arguments(fds: Descriptors, tmp_path: Path) -> None:
+    pre = prepared(command_wasm("echo"))
+    missing = str(tmp_path / "no" / "such")
+    results = [outcome(twin.run_command_env, ENGINE, pre, b"", fds.files.stdout, missing, fds.stdout_fd,
+                       fds.stderr_fd, 10, 10, -1, None, 1, watchdog.CALLBACK_ADDRESS) for twin in ALL_TWINS]
+    got = agree(results)
+    assert got[:2] == ("raised", wasmtime.WasmtimeError) and got[4:] == (0, "setup")
+    good = dict(engine=ENGINE, pre=pre, stdin=b"", stdout_path=fds.files.stdout, stderr_path=fds.files.stderr,
+                stdout_fd=fds.stdout_fd, stderr_fd=fds.stderr_fd, max_stdout=10, max_stderr=10, memory_limit=-1,
+                fuel=None, watch_key=1, deadline_callback=watchdog.CALLBACK_ADDRESS)
+    for name, value in [("engine", None), ("pre", ENGINE), ("stdout_fd", -1), ("stderr_fd", "2"),
+                        ("max_stdout", -1), ("max_stderr", 1.5), ("memory_limit", -2), ("fuel", -1),
+                        ("watch_key", None), ("deadline_callback", 0), ("stdin", "text"), ("argv", "a")]:
+        got = agree([outcome(twin.run_command_env, **{**good, name: value}) for twin in ALL_TWINS])
+        assert got[1] in (TypeError, ValueError) and got[4:] == (0, "setup"), (name, got)
+
+
+def test_env_a_closed_descriptor_is_an_os_error(files: Files) -> None:
+    pre = prepared(command_wasm("echo"))
+    d = Descriptors(files)
+    d.close()
+    got = agree([env_run(twin, pre, d) for twin in ALL_TWINS])
+    assert got == ("raised", OSError, "[Errno 9] Bad file descriptor", None, 0, "start")
+
+
+ENV_LEAK_CHECK = textwrap.dedent("""
+    import importlib, os, sys, tempfile
+    sys.path[:0] = [{root!r}, {tests!r}]
+    import wasmtime
+    from guests import command_wasm
+    from engine.runtime import watchdog
+    twin = importlib.import_module({module!r})
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    pres = [linker.instantiate_pre(wasmtime.Module(engine, command_wasm(k))) for k in ("echo", "exit3", "trap")]
+    d = tempfile.mkdtemp()
+    out, err, missing = os.path.join(d, "o"), os.path.join(d, "e"), os.path.join(d, "no", "o")
+    out_fd = os.open(out, os.O_RDONLY | os.O_CREAT, 0o600)
+    err_fd = os.open(err, os.O_RDONLY | os.O_CREAT, 0o600)
+    stdin = b"x" * 8192
+    argv = ["task"] + ["argument-" * 20] * 8
+    env = [("NAME%d" % i, "value-" * 40) for i in range(8)]
+    watch = watchdog.new_watch()
+    watch.arm(600)
+
+    def run(i):
+        kind = i % 4
+        try:
+            code, o, e, big = twin.run_command_env(
+                engine, pres[kind % 3], stdin, out, missing if kind == 3 else err, out_fd, err_fd, 4096, 4096,
+                16 << 20, 1 << 30, watch.key, watchdog.CALLBACK_ADDRESS, argv, env)
+            assert (code, len(o), big) == ((0, 4096, True), (3, 0, False))[kind], (code, len(o), big)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            assert (kind, exc.stage) in ((2, "start"), (3, "setup")), (i, exc)
+
+    for i in range(2000):
+        run(i)
+    before = rss()
+    for i in range({n}):
+        run(i)
+    print(rss() - before)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+@pytest.mark.parametrize("twin", TWINS)
+def test_twenty_thousand_environments_do_not_leak(twin: ModuleType) -> None:
+    """Stores, outputs, errors and traps: anything left behind per execution
+    (a store alone holds far more than 800 bytes) shows up here."""
+    script = ENV_LEAK_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"), module=twin.__name__, n=20_000)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     growth = int(done.stdout.split()[-1])
