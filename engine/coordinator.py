@@ -24,6 +24,7 @@ from .errors import (
     InvalidManifest,
     OutputTooLarge,
     PayloadTooLarge,
+    ShuttingDown,
     TaskTimedOut,
     UnknownExecution,
     UnknownTask,
@@ -164,6 +165,8 @@ class Coordinator:
         entry = self.tasks.get(name)
         if entry is None:
             raise UnknownTask(name)
+        if self._closed:
+            raise ShuttingDown("the hub is shutting down; retry on its successor", retry_after=5.0)
         limits = entry.manifest.limits
         if len(data) > limits.max_input_bytes:
             self.metrics.rejected_request("input_too_large")
@@ -335,15 +338,20 @@ class Coordinator:
     # -- lifecycle ----------------------------------------------------------
 
     async def aclose(self) -> None:
+        """Refuse new executions, finish every accepted one, then free everything.
+
+        Queued executions still run: one may carry a durable event that
+        already left its store for this queue, and losing it is worse than a
+        slower stop.
+        """
         if self._closed:
             return
         self._closed = True
-        for future in list(self._running):
-            try:
-                await asyncio.wrap_future(future)
-            except Exception:  # noqa: BLE001 - already recorded by the callback
-                pass
-        await asyncio.sleep(0)  # let the done-callbacks scheduled above run
+        while self._running or self.scheduler.depth:
+            if self._running:
+                await asyncio.wait([asyncio.wrap_future(f) for f in list(self._running)])
+            await asyncio.sleep(0)  # let the done-callbacks run; they start what is queued
+            self._pump()
         self._executor.shutdown(wait=True)
         for entry in self.tasks.values():
             if entry.pool is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "IllegalTransition",
     "Overloaded",
     "QueueFull",
+    "ShuttingDown",
     "TaskFault",
     "TaskTrapped",
     "TaskTimedOut",
@@ -127,6 +128,13 @@ class Overloaded(WasmyardError):
 
 class QueueFull(Overloaded):
     code = "queue_full"
+
+
+class ShuttingDown(Overloaded):
+    """The hub is stopping: it finishes what it accepted and takes nothing new."""
+
+    code = "shutting_down"
+    status = 503
 
 
 # -- the task's fault ---------------------------------------------------------

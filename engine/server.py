@@ -45,14 +45,16 @@ class Hub:
     url: str
 
     async def aclose(self) -> None:
-        """Stop taking requests, then events, then executions — in that order."""
+        """Stop taking requests and device messages, finish the accepted
+        executions (what they route onwards to durable routes is kept), then
+        close the event flow's stores."""
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
         if self.bridge is not None:
             await self.bridge.aclose()
-        await self.flow.aclose()
         await self.coordinator.aclose()
+        await self.flow.aclose()
 
 
 def _routing_table(config: HubConfig) -> RoutingTable:

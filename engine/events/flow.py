@@ -166,8 +166,8 @@ class EventFlow:
             try:
                 # the hop count goes in before it may run (and finish) inline
                 self.coordinator.submit(dest.target, payload, route.priority or None, hops + 1)
-            except Overloaded:
-                return "queue_full"
+            except Overloaded as exc:  # queue full, or the hub shutting down
+                return exc.code
             except UnknownTask:
                 return "unknown_task"
             except WasmyardError as exc:

@@ -143,3 +143,23 @@ def test_draining_many_queued_inline_executions(rt: WasmRuntime, tmp_path: Path)
         assert [ex.output for ex in queued] == [b"%d" % i for i in range(1000)]
 
     on_hub(rt, tmp_path, scenario, max_in_flight=1, max_queue=2000, inline_threshold_us=1_000_000)
+
+
+def test_closing_finishes_accepted_work_and_refuses_new(rt: WasmRuntime, tmp_path: Path) -> None:
+    """A stopping hub loses nothing it accepted (queued ones still run) and takes nothing new."""
+    async def main() -> None:
+        from engine.config import HubSettings
+        from engine.errors import ShuttingDown
+
+        co = Coordinator(HubSettings(state_dir=tmp_path, workers=2), runtime=rt)
+        add(co, "slow", "command", command_wasm("echo"), max_concurrency=1)
+        accepted = [co.submit("slow", b"%d" % i) for i in range(5)]
+        assert co.scheduler.depth > 0  # some of them are still waiting
+        await co.aclose()
+        assert [(ex.state, ex.output) for ex in accepted] == [(S.SUCCEEDED, b"%d" % i) for i in range(5)]
+        assert co.resources.in_flight == 0 and co.scheduler.depth == 0
+        with pytest.raises(ShuttingDown) as refused:
+            co.submit("slow", b"late")
+        assert refused.value.status == 503
+
+    asyncio.run(main())
