@@ -233,15 +233,21 @@ def test_aclose_is_idempotent_and_closes_the_pools(rt: WasmRuntime, tmp_path: Pa
     asyncio.run(main())
 
 
-def test_a_host_failure_on_the_thread_pool_is_recorded(rt: WasmRuntime, tmp_path: Path) -> None:
-    """The control for the inline case below: the same failure (no instance slot
-    left in the runtime) on a worker thread becomes a HostError result."""
+@pytest.mark.parametrize(
+    ("warm", "inline_threshold_us"),
+    [pytest.param(False, 500, id="thread-pool"), pytest.param(True, 1_000_000, id="inline")],
+)
+def test_a_host_failure_is_recorded(rt: WasmRuntime, tmp_path: Path, warm: bool, inline_threshold_us: int) -> None:
+    """The same host failure (no instance slot left in the runtime), once on a
+    worker thread and once inline on the loop, becomes a HostError result and
+    gives its grant back."""
     small = WasmRuntime(None, instances=2, max_memory_mib=16)
 
     async def main() -> None:
-        co = Coordinator(HubSettings(state_dir=tmp_path, workers=2), runtime=small)
+        co = Coordinator(HubSettings(state_dir=tmp_path, workers=2, inline_threshold_us=inline_threshold_us),
+                         runtime=small)
         try:
-            await exhaust_instances(co, warm=False)
+            await exhaust_instances(co, warm=warm)
             ex = await co.invoke("fragile", b"x")
             assert ex.state is S.FAILED and isinstance(ex.error, HostError)
             assert co.resources.in_flight == 0
@@ -267,22 +273,3 @@ async def exhaust_instances(co: Coordinator, warm: bool) -> None:
     assert (await co.invoke("b", b"x")).state is S.SUCCEEDED
     assert (await co.invoke("fragile", b"")).state is S.FAILED  # trap: instance closed, slot free
     assert (await co.invoke("c", b"x")).state is S.SUCCEEDED  # c takes that slot
-
-
-def test_a_host_failure_inline_is_recorded_too(rt: WasmRuntime, tmp_path: Path) -> None:
-    small = WasmRuntime(None, instances=2, max_memory_mib=16)
-
-    async def main() -> None:
-        co = Coordinator(HubSettings(state_dir=tmp_path, workers=2, inline_threshold_us=1_000_000), runtime=small)
-        try:
-            await exhaust_instances(co, warm=True)
-            ex = await co.invoke("fragile", b"x")
-            assert ex.state is S.FAILED and isinstance(ex.error, HostError)
-            assert co.resources.in_flight == 0
-        finally:
-            await co.aclose()
-
-    try:
-        asyncio.run(main())
-    finally:
-        small.close()
