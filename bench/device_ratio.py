@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from broker import Broker  # noqa: E402
 from guests import handler_wasm  # noqa: E402
 from hub import HubProcess  # noqa: E402
-from mqtt_baseline import PAYLOAD, _client, _Counter, _rate, _start, _stop, baseline  # noqa: E402
+from mqtt_baseline import baseline  # noqa: E402
 
 CONFIG = """
 [hub]
@@ -46,22 +46,8 @@ destination = "device:bench/out"
 """
 
 
-def round_trip(hub: HubProcess, port: int, n: int) -> float:
-    counter = _Counter(n)
-    sub, device = _client("sub"), _client("device")
-    sub.on_message = counter.hit
-    _start(sub, port, subscribe="bench/out")
-    _start(device, port)
-    try:
-        publish = device.publish
-        started = time.perf_counter()
-        for _ in range(n):
-            publish("bench/in/d-0042", PAYLOAD, 0)
-        counter.wait()
-    finally:
-        _stop(device)
-        _stop(sub)
-    return _rate(counter, started, "round trip")
+def round_trip(port: int, n: int) -> float:
+    return baseline(port, n, topic="bench/in/d-0042", subscribe="bench/out", what="round trip")
 
 
 def main() -> int:
@@ -84,11 +70,11 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the hub did not connect to the broker")
                 time.sleep(0.05)
-            round_trip(hub, broker.port, 2_000)  # warm up: placement statistics, caches
+            round_trip(broker.port, 2_000)  # warm up: placement statistics, caches
             anchor = trip = 0.0
             for _ in range(repeat):  # interleaved, best of each
                 anchor = max(anchor, baseline(broker.port, n))
-                trip = max(trip, round_trip(hub, broker.port, n))
+                trip = max(trip, round_trip(broker.port, n))
             impl = hub.request("GET", "/healthz").json()["fastpath"]
         finally:
             hub.stop()

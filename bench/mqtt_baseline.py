@@ -100,23 +100,26 @@ def _rate(counter: _Counter, started: float, what: str) -> float:
     return counter.count / (counter.last - started)
 
 
-def baseline(port: int, n: int = 20_000) -> float:
-    """Messages/s from one paho publisher to one paho subscriber through the broker on ``port`` (QoS 0)."""
+def baseline(port: int, n: int = 20_000, topic: str = TOPIC, subscribe: str = "bench/#",
+             what: str = "baseline") -> float:
+    """Messages/s from one paho publisher (on ``topic``) to one paho subscriber (on
+    ``subscribe``) through the broker on ``port`` (QoS 0).  With a hub routing
+    ``topic`` to ``subscribe`` in between, the same function times the round trip."""
     counter = _Counter(n)
     sub, pub = _client("sub"), _client("pub")
     sub.on_message = counter.hit
-    _start(sub, port, subscribe="bench/#")
+    _start(sub, port, subscribe=subscribe)
     _start(pub, port)
     try:
         publish = pub.publish
         started = time.perf_counter()
         for _ in range(n):
-            publish(TOPIC, PAYLOAD, 0)
+            publish(topic, PAYLOAD, 0)
         counter.wait()
     finally:
         _stop(pub)
         _stop(sub)
-    return _rate(counter, started, "baseline")
+    return _rate(counter, started, what)
 
 
 def bridge_receive(port: int, n: int = 20_000) -> float:
