@@ -35,7 +35,7 @@ from .lifecycle import ExecutionState
 from .manifest import Manifest, parse_manifest
 from .metrics import Metrics
 from .resources import ResourceManager, TaskSlot
-from .runtime import CompiledTask, InstancePool, Outcome, WasmRuntime, host, run_command
+from .runtime import CommandRunner, CompiledTask, InstancePool, Outcome, WasmRuntime, host, run_command
 from .runtime.host import Sink
 from .scheduler import Scheduler
 
@@ -97,6 +97,7 @@ class Coordinator:
         self.history = History(self.settings.history)
         self.tasks: dict[str, TaskEntry] = {}
         self._executor = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="wasmyard-exec")
+        self._commands = CommandRunner(self.settings.worker_threads, self._command_finished)
         self._running: set[Future[Outcome]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -207,6 +208,8 @@ class Coordinator:
                 self._finish_unstarted(execution, S.CANCELLED, "cancelled while queued")
             return execution
         execution.cancel_requested = True
+        if execution.job is not None:
+            execution.job.cancel()
         watch = execution.watch
         if watch is not None:
             watch.cancel_for = execution.id
@@ -220,11 +223,24 @@ class Coordinator:
         if self.scheduler.inline(entry.slot):
             self._finish(entry, execution, self._run(entry, execution))
             return
+        if entry.pool is None:
+            try:
+                execution.job = self._commands.start(entry.compiled, execution.input, Sink(self),
+                                                     execution.set_watch, (entry, execution))
+            except Exception as exc:  # e.g. no worker left after close: record it, keep serving
+                log.exception("execution failed in the host task=%s id=%s", execution.task, execution.id)
+                self._finish(entry, execution, Outcome(error=HostError(f"the hub could not run task {execution.task!r}: {exc}")))
+            return
         future = self._executor.submit(self._run, entry, execution)
         self._running.add(future)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished_in_thread, f, entry, execution))
+
+    def _command_finished(self, token: tuple[TaskEntry, Execution], outcome: Outcome) -> None:
+        entry, execution = token
+        execution.job = None
+        self._finish(entry, execution, outcome)
 
     def _finished_in_thread(self, future: Future[Outcome], entry: TaskEntry, execution: Execution) -> None:
         self._running.discard(future)
@@ -246,8 +262,7 @@ class Coordinator:
             return Outcome(error=ExecutionCancelled("cancelled before it started"))
         sink = Sink(self)
         pool = entry.pool
-        if pool is None:
-            return run_command(entry.compiled, execution.input, sink, execution.set_watch)
+        assert pool is not None, "command executions run on the CommandRunner"
         instance = pool.acquire()
         execution.set_watch(instance.watch)
         try:
@@ -347,12 +362,14 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
-        while self._running or self.scheduler.depth:
+        while self._running or self._commands or self.scheduler.depth:
             if self._running:
                 await asyncio.wait([asyncio.wrap_future(f) for f in list(self._running)])
+            await self._commands.wait_idle()
             await asyncio.sleep(0)  # let the done-callbacks run; they start what is queued
             self._pump()
         self._executor.shutdown(wait=True)
+        self._commands.close()
         for entry in self.tasks.values():
             if entry.pool is not None:
                 entry.pool.close()

@@ -26,7 +26,7 @@ class Execution:
     __slots__ = (
         "id", "task", "state", "input", "output", "error", "logs", "exit_code", "priority",
         "entry_id", "created_at", "created_ns", "started_ns", "finished_ns", "watch",
-        "cancel_requested", "hops", "_future",
+        "cancel_requested", "hops", "job", "_future",
     )
 
     def __init__(self, task: str, data: bytes, priority: int) -> None:
@@ -47,6 +47,7 @@ class Execution:
         self.watch: Any = None
         self.cancel_requested = False
         self.hops = 0  # events this execution publishes are one hop further
+        self.job: Any = None  # a command's job while a worker pool holds it (cancel keeps it from starting)
         self._future: asyncio.Future[None] | None = None
 
     def set_watch(self, watch: Any) -> None:

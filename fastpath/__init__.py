@@ -17,11 +17,11 @@ __all__ = [
     "IMPLEMENTATION", "LOAD_ERROR", "MODULES", "load",
     "PriorityQueue", "TopicRouter", "validate_filter", "validate_topic",
     "Export", "HandlerCall", "CallerMemory", "define_host_func", "check_wasmtime_version", "run_start",
-    "run_command_env",
+    "run_command_env", "CommandJob", "CommandPool",
 ]
 
 #: Every twin pair, by concept.  ``_<name>_c`` (Cython) beside ``_<name>_py``.
-MODULES: tuple[str, ...] = ("queue", "router", "call")
+MODULES: tuple[str, ...] = ("queue", "router", "call", "workers")
 
 
 def load(implementation: str) -> dict[str, ModuleType]:
@@ -56,3 +56,5 @@ define_host_func = _call.define_host_func
 check_wasmtime_version = _call.check_wasmtime_version
 run_start = _call.run_start
 run_command_env = _call.run_command_env
+CommandJob = _modules["workers"].CommandJob
+CommandPool = _modules["workers"].CommandPool

@@ -778,32 +778,6 @@ cdef enum:
     START_STACK_VALS = 4    # results beyond this many go to a heap buffer (no real _start has any)
 
 
-ctypedef struct StartJob:
-    # in: every pointer borrowed from a Python object run_start keeps alive
-    wasmtime_context_t *ctx            # NULL: the store is closed
-    const wasmtime_instance_pre_t *pre  # NULL: the InstancePre is closed
-    const char **argv
-    size_t argc
-    const char **env_names
-    const char **env_values
-    size_t envc
-    const uint8_t *stdin_data
-    size_t stdin_len
-    const char *stdout_path
-    const char *stderr_path
-    const char **dir_hosts
-    const char **dir_guests
-    uint8_t *dir_writable
-    size_t ndirs
-    # out
-    wasmtime_error_t *error            # owned: run_start turns it into an exception
-    wasm_trap_t *trap                  # likewise
-    int exit_code
-    size_t nparams
-    size_t memory_size
-    int stage                          # index into STAGES: how far it got
-
-
 cdef int _exit_or(StartJob *job, int failure) noexcept nogil:
     """An error that is a WASI exit becomes START_EXIT (the error is freed)."""
     cdef int code = 0
@@ -982,11 +956,13 @@ cdef int _describe(object exc, size_t memory_size, int stage) except -1:
 
 
 cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path, object stderr_path,
-                     object argv, object env, object preopens):
+                     object argv, object env, object preopens, bint paths=True):
     """Check and convert run_start's arguments into ``job``.
 
     Returns what must stay alive while ``job`` is used (the buffers its
     pointers borrow) and the message for a closed ``pre`` (None if open).
+    Without ``paths`` the output files are left for whoever runs the job
+    (a worker thread sets its own).
     """
     cdef Py_ssize_t i
     if not isinstance(pre, InstancePre):
@@ -997,8 +973,8 @@ cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path
         data = bytes(stdin)
     else:
         data = _other_bytes(stdin)
-    stdout = _path(stdout_path, "stdout_path")
-    stderr = _path(stderr_path, "stderr_path")
+    stdout = _path(stdout_path, "stdout_path") if paths else None
+    stderr = _path(stderr_path, "stderr_path") if paths else None
     args = [_text(a, "argv item") for a in _items(argv, "argv")]
     names, values = [], []
     for item in _items(env, "env"):
@@ -1035,8 +1011,9 @@ cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path
             job.dir_writable[i] = writable[i]
     job.stdin_data = <const uint8_t *>PyBytes_AS_STRING(data)
     job.stdin_len = <size_t>PyBytes_GET_SIZE(data)
-    job.stdout_path = PyBytes_AS_STRING(stdout)
-    job.stderr_path = PyBytes_AS_STRING(stderr)
+    if paths:
+        job.stdout_path = PyBytes_AS_STRING(stdout)
+        job.stderr_path = PyBytes_AS_STRING(stderr)
     return (data, stdout, stderr, args, names, values, hosts, guests), pre_closed
 
 
@@ -1127,27 +1104,6 @@ cdef enum:
     ENV_READ_FAILED         # env.read_errno
 
 
-ctypedef struct Output:
-    int fd
-    size_t limit
-    char *data              # malloc'ed; NULL when empty
-    size_t size
-    bint too_big
-
-
-ctypedef struct EnvJob:
-    StartJob start
-    wasm_engine_t *engine
-    int64_t memory_limit
-    bint has_fuel
-    uint64_t fuel
-    wasmtime_epoch_deadline_callback_t callback
-    void *watch_key
-    Output out
-    Output err
-    int read_errno
-
-
 cdef int _read_output(Output *o) noexcept nogil:
     """At most ``o.limit`` bytes of the file open at ``o.fd`` (from offset 0),
     sized by fstat first; 0 or an errno."""
@@ -1197,11 +1153,11 @@ cdef int _run_env_nogil(EnvJob *job) noexcept nogil:
     status = _run_start_nogil(&job.start)
     c_store_delete(store)
     job.start.ctx = NULL
-    if status == START_OK or status == START_EXIT:
+    if job.start.stage >= 1:  # WASI opened the files: what the guest wrote, also before a failure
         job.read_errno = _read_output(&job.out)
         if job.read_errno == 0:
             job.read_errno = _read_output(&job.err)
-        if job.read_errno != 0:
+        if job.read_errno != 0 and (status == START_OK or status == START_EXIT):
             return ENV_READ_FAILED
     return status
 
@@ -1220,6 +1176,59 @@ _INT64_MAX = (1 << 63) - 1
 _UINT64_MAX = (1 << 64) - 1
 
 
+cdef tuple _prepare_env(EnvJob *job, object engine, object pre, object stdin, object max_stdout, object max_stderr,
+                        object memory_limit, object fuel, object watch_key, object deadline_callback,
+                        object argv, object env, object preopens):
+    """Check and convert everything but the output files into ``job``;
+    returns what ``_fill_job`` returns.  ``job`` must be zeroed."""
+    if not isinstance(engine, Engine):
+        raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
+    if not isinstance(pre, InstancePre):
+        raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+    job.out.limit = _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
+    job.err.limit = _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
+    job.memory_limit = _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
+    if fuel is not None:
+        job.fuel = _bounded(fuel, "fuel", 0, _UINT64_MAX)
+        job.has_fuel = True
+    job.watch_key = <void *><uintptr_t>_bounded(watch_key, "watch_key", 0, _UINT64_MAX)
+    job.callback = <wasmtime_epoch_deadline_callback_t><uintptr_t>_bounded(
+        deadline_callback, "deadline_callback", 1, _UINT64_MAX)
+    kept = _fill_job(&job.start, pre, stdin, None, None, argv, env, preopens, False)
+    job.engine = <wasm_engine_t *>_address(engine.ptr())
+    return kept
+
+
+cdef tuple _env_result(EnvJob *job, int status, object pre_closed):
+    """``(exit_code, stdout, stderr, stdout_too_big)`` for what ``_run_env_nogil``
+    returned, or the exception (without ``memory_size`` / ``stage``)."""
+    cdef wasmtime_error_t *error
+    cdef int code
+    if status == ENV_FUEL_FAILED:
+        error = job.start.error
+        job.start.error = NULL
+        raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
+    if status == ENV_READ_FAILED:
+        _maybe_raise_last_exn()
+        code = job.read_errno
+        raise OSError(code, os.strerror(code))
+    code = _start_result(&job.start, status, pre_closed)
+    return (code,) + _env_outputs(job) + (bool(job.out.too_big),)
+
+
+cdef tuple _env_outputs(EnvJob *job):
+    """``(stdout, stderr)`` as read after the run (whatever its result)."""
+    return (PyBytes_FromStringAndSize(job.out.data, job.out.size) if job.out.size else b"",
+            PyBytes_FromStringAndSize(job.err.data, job.err.size) if job.err.size else b"")
+
+
+cdef void _free_env(EnvJob *job) noexcept:
+    _free_job(&job.start)
+    free(job.out.data)
+    free(job.err.data)
+    job.out.data = job.err.data = NULL
+
+
 def run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, stderr_fd, max_stdout, max_stderr,
                     memory_limit, fuel, watch_key, deadline_callback, argv=(), env=(), preopens=()):
     """One whole command execution environment: ``run_start`` in a store of its own.
@@ -1230,48 +1239,22 @@ def run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, std
     ``_call_py.run_command_env`` is the reference for the details.
     """
     cdef EnvJob job
-    cdef int status, code
+    cdef int status
     memset(&job, 0, sizeof(EnvJob))
     try:
         try:
-            if not isinstance(engine, Engine):
-                raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
-            if not isinstance(pre, InstancePre):
-                raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
             job.out.fd = _bounded(stdout_fd, "stdout_fd", 0, _INT32_MAX)
             job.err.fd = _bounded(stderr_fd, "stderr_fd", 0, _INT32_MAX)
-            job.out.limit = _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
-            job.err.limit = _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
-            job.memory_limit = _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
-            if fuel is not None:
-                job.fuel = _bounded(fuel, "fuel", 0, _UINT64_MAX)
-                job.has_fuel = True
-            job.watch_key = <void *><uintptr_t>_bounded(watch_key, "watch_key", 0, _UINT64_MAX)
-            job.callback = <wasmtime_epoch_deadline_callback_t><uintptr_t>_bounded(
-                deadline_callback, "deadline_callback", 1, _UINT64_MAX)
-            keep, pre_closed = _fill_job(&job.start, pre, stdin, stdout_path, stderr_path, argv, env, preopens)
-            job.engine = <wasm_engine_t *>_address(engine.ptr())
+            paths = _path(stdout_path, "stdout_path"), _path(stderr_path, "stderr_path")
+            keep, pre_closed = _prepare_env(&job, engine, pre, stdin, max_stdout, max_stderr, memory_limit, fuel,
+                                            watch_key, deadline_callback, argv, env, preopens)
+            job.start.stdout_path = PyBytes_AS_STRING(paths[0])
+            job.start.stderr_path = PyBytes_AS_STRING(paths[1])
             with nogil:
                 status = _run_env_nogil(&job)
-            if status == ENV_FUEL_FAILED:
-                error = job.start.error
-                job.start.error = NULL
-                raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
-            if status == ENV_READ_FAILED:
-                _maybe_raise_last_exn()
-                code = job.read_errno
-                raise OSError(code, os.strerror(code))
-            code = _start_result(&job.start, status, pre_closed)
-            return (
-                code,
-                PyBytes_FromStringAndSize(job.out.data, job.out.size) if job.out.size else b"",
-                PyBytes_FromStringAndSize(job.err.data, job.err.size) if job.err.size else b"",
-                bool(job.out.too_big),
-            )
+            return _env_result(&job, status, pre_closed)
         except BaseException as exc:
             _describe(exc, job.start.memory_size, job.start.stage)
             raise
     finally:
-        _free_job(&job.start)
-        free(job.out.data)
-        free(job.err.data)
+        _free_env(&job)

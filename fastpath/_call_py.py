@@ -532,6 +532,35 @@ def _bounded(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def check_env_args(engine: Any, pre: Any, stdin: Any, max_stdout: Any, max_stderr: Any, memory_limit: Any,
+                   fuel: Any, watch_key: Any, deadline_callback: Any, argv: Any, env: Any, preopens: Any) -> None:
+    """The checks of ``run_command_env``'s arguments other than the output
+    files, in the compiled twin's order (``_prepare_env``); raises TypeError /
+    ValueError before anything is done."""
+    if not isinstance(engine, Engine):
+        raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
+    if not isinstance(pre, InstancePre):
+        raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
+    _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
+    _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
+    _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
+    if fuel is not None:
+        _bounded(fuel, "fuel", 0, _UINT64_MAX)
+    _bounded(watch_key, "watch_key", 0, _UINT64_MAX)
+    _bounded(deadline_callback, "deadline_callback", 1, _UINT64_MAX)
+    _as_bytes(stdin)
+    for a in _items(argv, "argv"):
+        _text(a, "argv item")
+    for item in _items(env, "env"):
+        name, value = _unpack(item, 2, "env items")
+        _text(name, "env name")
+        _text(value, "env value")
+    for item in _items(preopens, "preopens"):
+        host, guest, _ = _unpack(item, 3, "preopens items")
+        _text(host, "preopen host path")
+        _text(guest, "preopen guest path")
+
+
 def _read_output(fd: int, limit: int) -> tuple[bytes, bool]:
     """At most ``limit`` bytes of the file open at ``fd``, and whether it held
     more.  Sized by fstat first: reading ``limit + 1`` would allocate the whole
@@ -566,19 +595,12 @@ def run_command_env(engine: Engine, pre: InstancePre, stdin: BytesLike,
     ``OSError`` from reading the outputs is a ``"start"`` one, memory size 0.
     """
     try:
-        if not isinstance(engine, Engine):
-            raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
-        if not isinstance(pre, InstancePre):
-            raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
         _bounded(stdout_fd, "stdout_fd", 0, _INT32_MAX)
         _bounded(stderr_fd, "stderr_fd", 0, _INT32_MAX)
-        _bounded(max_stdout, "max_stdout", 0, _INT64_MAX)
-        _bounded(max_stderr, "max_stderr", 0, _INT64_MAX)
-        _bounded(memory_limit, "memory_limit", -1, _INT64_MAX)
-        if fuel is not None:
-            _bounded(fuel, "fuel", 0, _UINT64_MAX)
-        _bounded(watch_key, "watch_key", 0, _UINT64_MAX)
-        _bounded(deadline_callback, "deadline_callback", 1, _UINT64_MAX)
+        _path(stdout_path, "stdout_path")
+        _path(stderr_path, "stderr_path")
+        check_env_args(engine, pre, stdin, max_stdout, max_stderr, memory_limit, fuel, watch_key, deadline_callback,
+                       argv, env, preopens)
         store = Store(engine)
     except BaseException as exc:
         _describe(exc, 0, "setup")

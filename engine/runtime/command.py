@@ -13,24 +13,28 @@ stopped close to its limit instead of filling the disk.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
+import logging
 import os
 import shutil
 import tempfile
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import wasmtime
 
 import fastpath
 
-from ..errors import OutputTooLarge, TaskExited
+from ..errors import ExecutionCancelled, HostError, OutputTooLarge, TaskExited
 from . import host, watchdog
 from .compiled import CompiledTask
 from .faults import classify
 from .outcome import Outcome
 
-__all__ = ["run_command", "MAX_STDERR_BYTES"]
+__all__ = ["run_command", "CommandRunner", "MAX_STDERR_BYTES"]
+
+log = logging.getLogger("wasmyard.runtime")
 
 MAX_STDERR_BYTES = host.MAX_LOG_BYTES
 _SCRATCH_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -100,13 +104,46 @@ def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
     return (os.pread(fd, min(size, limit), 0) if size else b""), size > limit
 
 
+def _outcome(task: CompiledTask, sink: host.Sink, watch: watchdog.Watch, result: Callable[[], tuple[int, bytes, bytes, bool]],
+             outputs: Callable[[], tuple[bytes, bytes]]) -> Outcome:
+    """An Outcome from ``result()`` (what ``run_command_env`` returns or raises);
+    after a guest failure ``outputs()`` gives what it wrote before it."""
+    manifest = task.manifest
+    limits = manifest.limits
+    error = None
+    try:
+        exit_code, output, stderr, too_big = result()
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        if exc.stage == "setup":  # type: ignore[union-attr]
+            raise  # a file or directory the hub could not open: the host failed, not the task
+        error = classify(exc, watch, manifest, exc.memory_size)  # type: ignore[union-attr]
+        exit_code, too_big = None, False
+        output, stderr = outputs()
+    sink.logs[:0] = [("stderr", line) for line in stderr.decode("utf-8", "replace").splitlines()]
+    if error is None and too_big:
+        error = OutputTooLarge(f"task {manifest.name!r} wrote more than its output limit of {limits.max_output_kib} KiB")
+    if error is None and exit_code:
+        error = TaskExited(f"task {manifest.name!r} exited with status {exit_code}", exit_code)
+    return Outcome(output, error, sink, exit_code)
+
+
+def _job_args(task: CompiledTask, data: bytes, watch: watchdog.Watch) -> tuple:
+    manifest = task.manifest
+    limits = manifest.limits
+    return (task.engine, task.pre, data, limits.max_output_bytes, MAX_STDERR_BYTES, limits.memory_bytes,
+            limits.fuel, watch.key, watchdog.CALLBACK_ADDRESS, (manifest.name,), manifest.permissions.env,
+            [(grant.host, grant.guest, grant.mode == "rw") for grant in manifest.permissions.dirs])
+
+
 def run_command(
     task: CompiledTask, data: bytes, sink: host.Sink, on_watch: Callable[[watchdog.Watch], None] | None = None
 ) -> Outcome:
-    """Run a command task once; ``on_watch`` receives its Watch (to cancel it)."""
-    manifest = task.manifest
-    limits = manifest.limits
-    permissions = manifest.permissions
+    """Run a command task once, in this thread; ``on_watch`` receives its Watch (to cancel it).
+
+    For ``wasmyard.invoke`` (a guest waiting for another task's output) and
+    tools; the coordinator runs its command executions on a ``CommandRunner``.
+    """
+    limits = task.manifest.limits
     scratch = _scratch(sink.depth)
     watch = watchdog.new_watch()
     try:
@@ -114,35 +151,108 @@ def run_command(
             on_watch(watch)
         max_out = limits.max_output_bytes
         stdout_fd = scratch.stdout_fd
-        error = None
         watch.arm(limits.timeout_s, lambda: os.fstat(stdout_fd).st_size > max_out)
+        engine, pre, data, *rest = _job_args(task, data, watch)
         previous = host.enter(sink)
         try:
             # Store, limits, watchdog, WASI config, instance, _start and the
             # outputs in one call, without the GIL; the store is gone after it.
-            exit_code, output, stderr, too_big = fastpath.run_command_env(
-                task.engine, task.pre, data, scratch.stdout, scratch.stderr, stdout_fd, scratch.stderr_fd,
-                max_out, MAX_STDERR_BYTES, limits.memory_bytes, limits.fuel, watch.key, watchdog.CALLBACK_ADDRESS,
-                (manifest.name,), permissions.env,
-                [(grant.host, grant.guest, grant.mode == "rw") for grant in permissions.dirs],
+            return _outcome(
+                task, sink, watch,
+                lambda: fastpath.run_command_env(engine, pre, data, scratch.stdout, scratch.stderr, stdout_fd,
+                                                 scratch.stderr_fd, *rest),
+                lambda: (_read_bounded(stdout_fd, max_out)[0], _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)[0]),
             )
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            if exc.stage == "setup":  # type: ignore[union-attr]
-                _forget_scratch(sink.depth)
-                raise  # a file or directory the hub could not open: the host failed, not the task
-            error = classify(exc, watch, manifest, exc.memory_size)  # type: ignore[union-attr]
-            exit_code = None
-            output, _ = _read_bounded(stdout_fd, max_out)
-            stderr, _ = _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)
-            too_big = False
+        except (wasmtime.Trap, wasmtime.WasmtimeError):
+            _forget_scratch(sink.depth)  # a setup failure: start afresh next time
+            raise
         finally:
             host.leave(previous)
             watch.disarm()
     finally:
         watch.close()
-    sink.logs[:0] = [("stderr", line) for line in stderr.decode("utf-8", "replace").splitlines()]
-    if error is None and too_big:
-        error = OutputTooLarge(f"task {manifest.name!r} wrote more than its output limit of {limits.max_output_kib} KiB")
-    if error is None and exit_code:
-        error = TaskExited(f"task {manifest.name!r} exited with status {exit_code}", exit_code)
-    return Outcome(output, error, sink, exit_code)
+
+
+class CommandRunner:
+    """Runs command executions on a ``fastpath.CommandPool``; each Outcome goes
+    to ``on_done(token, outcome)`` on the event loop thread.
+
+    The pool's workers run a whole execution environment without the GIL and
+    announce finished ones through an eventfd, once per batch, so under load
+    the event loop takes many results per wake-up and no worker waits for the
+    GIL: per execution, the loop thread pays for preparing the job and
+    building its Outcome, nothing per thread hop.
+    """
+
+    def __init__(self, workers: int, on_done: Callable[[Any, Outcome], None]) -> None:
+        self._on_done = on_done
+        self._scratch = [_Scratch() for _ in range(workers)]
+        self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._pool = fastpath.CommandPool(
+            [(s.stdout, s.stderr, s.stdout_fd, s.stderr_fd) for s in self._scratch], self._notify,
+            host.enter, host.leave,
+        )
+        self._jobs: dict[Any, tuple[CompiledTask, host.Sink, watchdog.Watch, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        """Executions submitted and not yet handed to ``on_done``."""
+        return len(self._jobs)
+
+    def start(self, task: CompiledTask, data: bytes, sink: host.Sink,
+              on_watch: Callable[[watchdog.Watch], None], token: Any) -> Any:
+        """Queue one execution; returns its job (``job.cancel()`` keeps it from starting)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._notify, self._drain)
+        watch = watchdog.new_watch()
+        try:
+            job = fastpath.CommandJob(*_job_args(task, data, watch), context=sink if task.uses_host else None)
+            watch.arm_at_first_tick(task.manifest.limits.timeout_s, job.stdout_over_limit)
+            on_watch(watch)
+            self._pool.submit(job)
+        except BaseException:
+            watch.close()
+            raise
+        self._jobs[job] = (task, sink, watch, token)
+        return job
+
+    def _drain(self) -> None:
+        for job in self._pool.completed():
+            task, sink, watch, token = self._jobs.pop(job)
+            try:
+                if not job.started:
+                    outcome = Outcome(error=ExecutionCancelled("cancelled before it started"), sink=sink)
+                else:
+                    outcome = _outcome(task, sink, watch, job.result, job.outputs)
+            except Exception as exc:  # the host's failure (e.g. its scratch files are gone), not the task's
+                log.exception("command execution failed in the host task=%s", task.name)
+                outcome = Outcome(error=HostError(f"the hub could not run task {task.name!r}: {exc}"), sink=sink)
+            finally:
+                watch.close()
+            outcome.run_s = job.run_s
+            self._on_done(token, outcome)
+        if not self._jobs:
+            for waiter in self._idle:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle.clear()
+
+    async def wait_idle(self) -> None:
+        """Until every submitted execution has been handed to ``on_done``."""
+        while self._jobs:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            await waiter
+
+    def close(self) -> None:
+        """Finish what was submitted (outcomes still delivered), then stop the workers."""
+        self._pool.close()
+        if self._loop is not None:
+            self._drain()
+            self._loop.remove_reader(self._notify)
+        os.close(self._notify)
+        for scratch in self._scratch:
+            _ALL_SCRATCH.remove(scratch)
+            scratch.close()

@@ -34,6 +34,8 @@ class CompiledTask:
     module: wasmtime.Module
     pre: wasmtime.InstancePre
     engine: wasmtime.Engine
+    uses_host: bool = False
+    """Whether the module imports ``wasmyard.*``: only then does a run need its host-import sink."""
 
     @property
     def name(self) -> str:
@@ -99,7 +101,8 @@ class WasmRuntime:
             pre = engines.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"task {manifest.name!r} cannot be linked: {str(exc).splitlines()[0]}") from None
-        return CompiledTask(manifest, digest, len(wasm), module, pre, engines.engine)
+        uses_host = any(imp.module == "wasmyard" for imp in module.imports)
+        return CompiledTask(manifest, digest, len(wasm), module, pre, engines.engine, uses_host)
 
     def close(self) -> None:
         """Stop the ticker and drop our references to the Engines, whose pooled

@@ -41,11 +41,12 @@ class Watch:
     never stop the next execution to use the instance.
     """
 
-    __slots__ = ("key", "deadline", "owner", "cancel_for", "reason", "check")
+    __slots__ = ("key", "deadline", "timeout_s", "owner", "cancel_for", "reason", "check")
 
     def __init__(self) -> None:
         self.key = next(_keys)
         self.deadline = float("inf")
+        self.timeout_s = 0.0
         self.owner: str | None = None
         self.cancel_for: str | None = None
         self.reason: str | None = None
@@ -54,6 +55,15 @@ class Watch:
     def arm(self, timeout_s: float, check: Callable[[], bool] | None = None) -> None:
         """Start a new call: a fresh deadline, no reason yet."""
         self.deadline = time.monotonic() + timeout_s
+        self.reason = None
+        self.check = check
+
+    def arm_at_first_tick(self, timeout_s: float, check: Callable[[], bool] | None = None) -> None:
+        """As ``arm``, for a run that starts later on a thread that cannot tell
+        Python when: the deadline is set by the first tick that finds it
+        running, so queueing does not count and the limit holds within a tick."""
+        self.deadline = 0.0
+        self.timeout_s = timeout_s
         self.reason = None
         self.check = check
 
@@ -73,9 +83,12 @@ def _on_deadline(_ctx, data, delta, kind):  # type: ignore[no-untyped-def]
     """Runs in the thread executing wasm, once per tick while wasm runs."""
     watch = _WATCHES.get(data or 0)
     if watch is not None:
+        now = time.monotonic()
+        if not watch.deadline:
+            watch.deadline = now + watch.timeout_s
         if watch.cancel_for is not None and watch.cancel_for == watch.owner:
             watch.reason = "cancelled"
-        elif time.monotonic() >= watch.deadline:
+        elif now >= watch.deadline:
             watch.reason = "timeout"
         elif watch.check is not None and watch.check():
             watch.reason = "output"

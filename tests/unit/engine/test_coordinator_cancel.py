@@ -102,11 +102,33 @@ def test_cancel_a_parked_execution(rt: WasmRuntime, tmp_path: Path) -> None:
     on_hub(rt, tmp_path, scenario)
 
 
+def test_cancel_a_command_waiting_for_a_worker(rt: WasmRuntime, tmp_path: Path) -> None:
+    """Granted but behind busy workers: the cancel keeps it from ever starting."""
+    async def scenario(co: Coordinator) -> None:
+        add(co, "spin", "command", command_wasm("loop"), limits={"timeout_ms": LONG_MS}, max_concurrency=8)
+        busy = [co.submit("spin", b"") for _ in range(4)]  # one per worker (on_hub: workers=4)
+        await until(lambda: all(ex.job is not None and ex.job.started for ex in busy), "every worker is busy")
+        waiting = co.submit("spin", b"")
+        assert waiting.state is S.RUNNING and waiting.job is not None and not waiting.job.started
+        co.cancel(waiting.id)
+        for ex in busy:
+            co.cancel(ex.id)
+        await ended(waiting)
+        assert waiting.state is S.CANCELLED
+        assert waiting.error is not None and "cancelled before it started" in waiting.error.message
+        for ex in busy:
+            await ended(ex)
+            assert ex.state is S.CANCELLED and "cancelled while running" in ex.error.message
+        assert co.resources.in_flight == 0
+
+    on_hub(rt, tmp_path, scenario)
+
+
 def test_cancel_a_running_command(rt: WasmRuntime, tmp_path: Path) -> None:
     async def scenario(co: Coordinator) -> None:
         add(co, "spin", "command", command_wasm("loop"), limits={"timeout_ms": LONG_MS})
         ex = co.submit("spin", b"")
-        await until(lambda: ex.watch is not None, "the command attached its watch")
+        await until(lambda: ex.job is not None and ex.job.started, "a worker started the command")
         assert co.cancel(ex.id) is ex
         await ended(ex)
         assert ex.state is S.CANCELLED
