@@ -16,7 +16,7 @@ from .coordinator import Coordinator
 from .errors import BadRequest, WasmyardError
 from .events.durable import DurableQueue
 from .events.flow import EventFlow
-from .http.app import create_app
+from .http.app import create_app, request_handler
 from .routing.route import RouteError
 from .routing.table import RoutingTable
 from .shadows import ShadowStore
@@ -106,8 +106,11 @@ async def start_hub(config: HubConfig, host: str | None = None, port: int | None
         await flow.start()
         if bridge is not None:
             await bridge.start()
-        hub.runner = web.AppRunner(create_app(coordinator, flow), access_log=None, handle_signals=False)
+        app = create_app(coordinator, flow)
+        hub.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await hub.runner.setup()
+        assert hub.runner.server is not None
+        hub.runner.server.request_handler = request_handler(app)
         site = web.TCPSite(hub.runner, host or settings.host, settings.port if port is None else port)
         await site.start()
     except BaseException:

@@ -105,3 +105,34 @@ def test_metrics_count_executions_by_task_and_state(hub: HubProcess) -> None:
     assert 'wasmyard_executions_total{task="echo",state="succeeded"}' in text
     assert "wasmyard_queue_depth " in text
     assert 'wasmyard_execution_duration_seconds_bucket{task="echo",le="+Inf"}' in text
+
+
+# The hub serves ``POST /tasks/{name}/invoke`` before aiohttp's router (the hot
+# route); a percent-encoded name is left to the router, which decodes it to the
+# same task.  Both paths must answer alike, errors included.
+@pytest.mark.parametrize("path, body, status", [
+    ("/tasks/{}/invoke", b"same answer", 200),
+    ("/tasks/{}/invoke?mode=async", b"queued", 202),
+    ("/tasks/{}/invoke?mode=later", b"x", 400),
+    ("/tasks/{}/invoke?priority=high", b"x", 400),
+    ("/tasks/{}x/invoke", b"x", 404),
+    ("/tasks/{}/invoke", b"x" * (2 << 20), 413),
+])
+def test_the_hot_route_and_the_router_answer_alike(hub: HubProcess, path: str, body: bytes, status: int) -> None:
+    fast = hub.request("POST", path.format("echo"), body)
+    routed = hub.request("POST", path.format("%65cho"), body)  # "%65" is "e"
+    assert fast.status == routed.status == status, (fast, routed)
+    volatile = {"X-Wasmyard-Execution-Id", "X-Wasmyard-Duration-Ms", "Location", "Date"}
+    assert {k for k in fast.headers} == {k for k in routed.headers}
+    assert {k: v for k, v in fast.headers.items() if k not in volatile} == \
+        {k: v for k, v in routed.headers.items() if k not in volatile}
+    if status == 202:
+        assert fast.json()["state"] == routed.json()["state"]
+    else:
+        assert fast.body.replace(b"%65cho", b"echo") == routed.body.replace(b"%65cho", b"echo")
+
+
+def test_only_post_takes_the_hot_route(hub: HubProcess) -> None:
+    resp = hub.request("GET", "/tasks/echo/invoke")
+    assert resp.status == 405, resp
+    assert resp.json()["error"]["code"] == "method_not_allowed"
