@@ -48,15 +48,18 @@ log = logging.getLogger("wasmyard.coordinator")
 S = ExecutionState
 
 
-@dataclass(eq=False)
 class TaskEntry:
-    compiled: CompiledTask
-    slot: TaskSlot
-    pool: InstancePool | None
+    """A registered task: what the hot path reads per execution, one attribute away."""
 
-    @property
-    def manifest(self) -> Manifest:
-        return self.compiled.manifest
+    __slots__ = ("compiled", "slot", "pool", "manifest", "max_input_bytes", "priority")
+
+    def __init__(self, compiled: CompiledTask, slot: TaskSlot, pool: InstancePool | None) -> None:
+        self.compiled = compiled
+        self.slot = slot
+        self.pool = pool
+        self.manifest: Manifest = compiled.manifest
+        self.max_input_bytes = compiled.manifest.limits.max_input_bytes
+        self.priority = compiled.manifest.priority
 
     def to_dict(self) -> dict[str, Any]:
         info = self.manifest.to_dict()
@@ -168,12 +171,11 @@ class Coordinator:
             raise UnknownTask(name)
         if self._closed:
             raise ShuttingDown("the hub is shutting down; retry on its successor", retry_after=5.0)
-        limits = entry.manifest.limits
-        if len(data) > limits.max_input_bytes:
+        if len(data) > entry.max_input_bytes:
             self.metrics.rejected_request("input_too_large")
-            raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of {limits.max_input_kib} KiB")
-        execution = Execution(name, data, entry.manifest.priority if priority is None else priority)
-        execution.hops = hops
+            raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of "
+                                  f"{entry.manifest.limits.max_input_kib} KiB")
+        execution = Execution(name, data, entry.priority if priority is None else priority, hops)
         if self.scheduler.try_start_now(entry.slot):
             self.history.add(execution)
             self._start(entry, execution)
@@ -221,15 +223,20 @@ class Coordinator:
         execution.transition(S.RUNNING)
         execution.started_ns = time.perf_counter_ns()
         if self.scheduler.inline(entry.slot):
-            self._finish(entry, execution, self._run(entry, execution))
+            # run_s stays 0: _finish takes the execution's own duration, which
+            # inline is the same thing measured once.
+            try:
+                outcome = self._run_environment(entry, execution)
+            except Exception as exc:
+                outcome = self._host_failure(execution, exc)
+            self._finish(entry, execution, outcome)
             return
         if entry.pool is None:
             try:
                 execution.job = self._commands.start(entry.compiled, execution.input, Sink(self),
                                                      execution.set_watch, (entry, execution))
             except Exception as exc:  # e.g. no worker left after close: record it, keep serving
-                log.exception("execution failed in the host task=%s id=%s", execution.task, execution.id)
-                self._finish(entry, execution, Outcome(error=HostError(f"the hub could not run task {execution.task!r}: {exc}")))
+                self._finish(entry, execution, self._host_failure(execution, exc))
             return
         future = self._executor.submit(self._run, entry, execution)
         self._running.add(future)
@@ -251,16 +258,21 @@ class Coordinator:
         started = time.perf_counter()
         try:
             outcome = self._run_environment(entry, execution)
-        except Exception as exc:  # a host failure (e.g. no instance slot left): record it, keep serving
-            log.exception("execution failed in the host task=%s id=%s", execution.task, execution.id)
-            outcome = Outcome(error=HostError(f"the hub could not run task {execution.task!r}: {exc}"))
+        except Exception as exc:
+            outcome = self._host_failure(execution, exc)
         outcome.run_s = time.perf_counter() - started
         return outcome
+
+    @staticmethod
+    def _host_failure(execution: Execution, exc: Exception) -> Outcome:
+        """A failure of the host, not the task (e.g. no instance slot left): record it, keep serving."""
+        log.error("execution failed in the host task=%s id=%s", execution.task, execution.id, exc_info=exc)
+        return Outcome(error=HostError(f"the hub could not run task {execution.task!r}: {exc}"))
 
     def _run_environment(self, entry: TaskEntry, execution: Execution) -> Outcome:
         if execution.cancel_requested:
             return Outcome(error=ExecutionCancelled("cancelled before it started"))
-        sink = Sink(self)
+        sink = Sink(self) if entry.compiled.uses_host else None
         pool = entry.pool
         assert pool is not None, "command executions run on the CommandRunner"
         instance = pool.acquire()
@@ -300,14 +312,19 @@ class Coordinator:
         return 0, outcome.output
 
     def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
-        execution.finished_ns = time.perf_counter_ns()
-        duration_s = (execution.finished_ns - execution.started_ns) / 1e9
-        self.scheduler.record(entry.slot, outcome.run_s, isinstance(outcome.error, TaskTimedOut))
+        finished = execution.finished_ns = time.perf_counter_ns()
+        duration_s = (finished - execution.started_ns) / 1e9
+        error = outcome.error
+        self.scheduler.record(entry.slot, outcome.run_s or duration_s, isinstance(error, TaskTimedOut))
         execution.output = outcome.output
-        execution.error = outcome.error
-        execution.logs = outcome.logs
+        if error is None:
+            execution.transition(S.SUCCEEDED)
+        else:
+            execution.error = error
+            execution.transition(_state_for(error))
+        if outcome.sink is not None:
+            execution.logs = outcome.logs
         execution.exit_code = outcome.exit_code
-        execution.transition(_state_for(outcome.error))
         self.metrics.execution_finished(execution.task, execution.state.value, duration_s)
         self.history.finished(execution)
         self.scheduler.release(entry.slot)

@@ -45,6 +45,9 @@ class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool: ...
 
 
+_MAX_REMEMBERED = 4096
+
+
 class Delivery:
     """What one event did: routes it took and what became of each destination."""
 
@@ -100,6 +103,8 @@ class EventFlow:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         self._subscribers = fastpath.TopicRouter()
+        self._listens: dict[str, bool] = {}  # _listened's answers for the current table
+        self._task_names: dict[str, tuple[str, str]] = {}  # task -> (its event source, its output topic)
         self._wake = asyncio.Event()
         # Whether the durable queue may hold events: kept in memory so that the
         # hot path never asks SQLite (set on persist and at start, cleared by a drain that empties it).
@@ -123,6 +128,18 @@ class EventFlow:
         """Replace the whole table at once; counters carry over."""
         table.counters = self.table.counters
         self.table = table
+        self._listens.clear()
+
+    def _listened(self, topic: str) -> bool:
+        """Whether any route's filter takes ``topic``; remembered per table.
+        Most tasks' outputs go nowhere but back to their caller, and every
+        execution asks this."""
+        known = self._listens.get(topic)
+        if known is None:
+            if len(self._listens) >= _MAX_REMEMBERED:
+                self._listens.clear()
+            known = self._listens[topic] = self.table.listens(topic)
+        return known
 
     # -- ingress ------------------------------------------------------------
 
@@ -224,9 +241,13 @@ class EventFlow:
 
     def _execution_finished(self, execution: Execution, outcome: Outcome) -> None:
         """Route what an execution published, then its output (once per execution: kept lean)."""
-        source = "task:" + execution.task
+        names = self._task_names.get(execution.task)
+        if names is None:
+            task = execution.task
+            names = self._task_names[task] = ("task:" + task, "tasks/" + task + "/output")
+        source, output_topic = names
         hops = execution.hops
-        published = outcome.sink.published
+        published = outcome.published
         if published:
             for topic, payload in published:
                 try:
@@ -235,7 +256,10 @@ class EventFlow:
                     self.counters["dropped:bad_topic"] += 1
         if outcome.error is None:
             self.counters["in:task"] += 1
-            self._route("tasks/" + execution.task + "/output", outcome.output, source, hops)
+            if len(self._subscribers) or hops > self.max_hops or self._listened(output_topic):
+                self._route(output_topic, outcome.output, source, hops)
+            else:  # no route's filter takes it: what _route would conclude, without its work
+                self.table.counters.no_route += 1
         if self._durable_pending:
             self._wake.set()
 

@@ -36,9 +36,8 @@ OPENAPI = resources.files("engine.http").joinpath("openapi.json").read_bytes()
 
 def _execution_headers(ex: Execution) -> dict[str, str]:
     headers = {"X-Wasmyard-Execution-Id": ex.id, "X-Wasmyard-Status": ex.state.value}
-    duration = ex.duration_ms
-    if duration is not None:
-        headers["X-Wasmyard-Duration-Ms"] = f"{duration:.3f}"
+    if ex.finished_ns and ex.started_ns:
+        headers["X-Wasmyard-Duration-Ms"] = "%.3f" % ((ex.finished_ns - ex.started_ns) / 1e6)
     if ex.exit_code is not None:
         headers["X-Wasmyard-Exit-Code"] = str(ex.exit_code)
     return headers
@@ -76,7 +75,7 @@ class Handlers:
         if mode != "sync":
             raise BadRequest(f"mode must be 'sync' or 'async', got {mode!r}")
         ex = self.co.submit(name, data, _priority(request) if request.query_string else None)
-        if not ex.done:  # a warm handler has already run inline
+        if not ex.finished_ns:  # a warm handler has already run inline
             await ex.wait()
         if ex.error is not None:
             return error_response(ex.error, _execution_headers(ex))

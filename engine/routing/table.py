@@ -128,6 +128,10 @@ class RoutingTable:
             taken.sort(key=_by_priority)
         return taken
 
+    def listens(self, topic: str) -> bool:
+        """Whether some route's topic filter matches ``topic`` (whatever its source and condition)."""
+        return bool(self._match(topic))
+
     @property
     def routes(self) -> tuple[Route, ...]:
         """Every route, in table order."""

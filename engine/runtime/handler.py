@@ -55,13 +55,14 @@ class HandlerInstance:
             self.close()
             raise
 
-    def invoke(self, data: bytes, sink: host.Sink) -> Outcome:
-        """Run one execution; its host imports report into ``sink``."""
+    def invoke(self, data: bytes, sink: host.Sink | None) -> Outcome:
+        """Run one execution; its host imports report into ``sink``
+        (None for a module that imports none)."""
         limits = self.limits
         self.uses += 1
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
-        previous = host.enter(sink)
+        previous = host.enter(sink) if sink is not None else None
         watch = self.watch
         watch.arm(limits.timeout_s)
         try:
@@ -70,7 +71,8 @@ class HandlerInstance:
             return Outcome(b"", classify(exc, watch, self.task.manifest, self.call.memory_size()), sink)
         finally:
             watch.disarm()
-            host.leave(previous)
+            if sink is not None:
+                host.leave(previous)
         if ok and len(payload) <= limits.max_output_bytes:
             return Outcome(payload, None, sink)
         manifest = self.task.manifest

@@ -80,6 +80,26 @@ def test_event_to_task_to_device(rt: WasmRuntime, tmp_path: Path) -> None:
     run(rt, tmp_path, routes, scenario)
 
 
+def test_an_output_nobody_listened_to_is_routed_once_a_route_takes_it(rt: WasmRuntime, tmp_path: Path) -> None:
+    """The flow remembers which output topics no route takes; a new table forgets."""
+    async def scenario(co: Coordinator, flow: EventFlow, devices: Devices, clock: Clock) -> None:
+        for payload in (b"a", b"b"):
+            await co.invoke("echo", payload)
+        assert devices.sent == [] and flow.table.counters.no_route == 2
+        flow.swap(RoutingTable.from_dicts([{"id": "out", "filter": "tasks/+/output", "destination": "device:d"}]))
+        await co.invoke("echo", b"c")
+        assert devices.sent == [("d", b"c", 0)]
+        assert flow.table.counters.as_dict() == {"matched": 1, "no_route": 2, "condition_false": 0,
+                                                 "payload_not_json": 0}
+        sub = flow.subscribe("tasks/echo/#", 4)
+        flow.swap(RoutingTable(()))
+        await co.invoke("echo", b"d")  # no route, but a subscriber listens
+        assert sub.queue.get_nowait() == ("tasks/echo/output", "task:echo", b"d")
+        assert devices.sent == [("d", b"c", 0)] and flow.table.counters.no_route == 3
+
+    run(rt, tmp_path, [], scenario)
+
+
 def test_wildcard_topics_are_refused(rt: WasmRuntime, tmp_path: Path) -> None:
     async def scenario(co: Coordinator, flow: EventFlow, devices: Devices, clock: Clock) -> None:
         with pytest.raises(BadRequest, match="topic"):

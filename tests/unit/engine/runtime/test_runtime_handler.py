@@ -45,7 +45,7 @@ def call(inst: HandlerInstance, data: bytes = b"in") -> Outcome:
 
 def test_echo(instance: Make) -> None:
     out = call(instance("echo"), b"hello")
-    assert (out.output, out.error, out.logs, out.ok) == (b"hello", None, [], True)
+    assert (out.output, out.error, list(out.logs), out.ok) == (b"hello", None, [], True)
 
 
 def test_echo_empty_input(instance: Make) -> None:
