@@ -1,15 +1,20 @@
 """Counters and a latency histogram, rendered in Prometheus text format.
 
-Recording is a few integer additions into preallocated lists, done once per
-finished execution — never per routed event, never with a lock (all calls come
-from the event loop thread).
+A finished execution is recorded by appending one tuple; the tuples are
+folded into the counters and histograms in batches (every ``FOLD_EVERY``
+executions, and whenever someone reads them).  Folding a batch at once keeps
+the counter dictionaries in cache, where one update per execution, between
+two HTTP requests, would find them cold every time.  Never a lock: all calls
+come from the event loop thread.
 """
 from __future__ import annotations
 
 import bisect
 from typing import Callable, Mapping
 
-__all__ = ["Metrics", "BUCKETS_S"]
+__all__ = ["Metrics", "BUCKETS_S", "FOLD_EVERY"]
+
+FOLD_EVERY = 256
 
 BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -34,22 +39,43 @@ def _esc(value: str) -> str:
 
 class Metrics:
     def __init__(self) -> None:
-        self.executions: dict[tuple[str, str], int] = {}
-        self.durations: dict[str, _Histogram] = {}
+        self._executions: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._finished: list[tuple[str, str, float | None]] = []
         self.rejected: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.families: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def execution_finished(self, task: str, state: str, duration_s: float | None) -> None:
-        key = (task, state)
-        self.executions[key] = self.executions.get(key, 0) + 1
-        if duration_s is not None:
-            hist = self.durations.get(task)
-            if hist is None:
-                hist = self.durations[task] = _Histogram()
-            hist.counts[bisect.bisect_left(BUCKETS_S, duration_s)] += 1  # observe(), inlined
-            hist.sum += duration_s
-            hist.count += 1
+        finished = self._finished
+        finished.append((task, state, duration_s))
+        if len(finished) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        finished, self._finished = self._finished, []
+        executions = self._executions
+        durations = self._durations
+        for task, state, duration_s in finished:
+            key = (task, state)
+            executions[key] = executions.get(key, 0) + 1
+            if duration_s is not None:
+                hist = durations.get(task)
+                if hist is None:
+                    hist = durations[task] = _Histogram()
+                hist.observe(duration_s)
+
+    @property
+    def executions(self) -> dict[tuple[str, str], int]:
+        """Finished executions by (task, state)."""
+        self._fold()
+        return self._executions
+
+    @property
+    def durations(self) -> dict[str, _Histogram]:
+        """Execution durations by task."""
+        self._fold()
+        return self._durations
 
     def rejected_request(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -8,7 +8,6 @@ path, or its pure twin.
 """
 from __future__ import annotations
 
-import threading
 from collections import deque
 
 import wasmtime
@@ -103,7 +102,7 @@ class InstancePool:
         self.task = task
         self.max_uses = max_uses
         self._idle: deque[HandlerInstance] = deque()
-        self._lock = threading.Lock()
+        self._keep = task.manifest.max_concurrency
         self._closed = False
         self.created = 0
         self.recycled = 0
@@ -119,22 +118,29 @@ class InstancePool:
         # Nested invokes may create instances beyond max_concurrency rather than
         # wait (waiting could deadlock); the extras are not kept.
         if (not healthy or instance.uses >= self.max_uses or self._closed
-                or len(self._idle) >= self.task.manifest.max_concurrency):
+                or len(self._idle) >= self._keep):
             self.recycled += 1
             instance.close()
             return
-        with self._lock:
-            if self._closed:
-                instance.close()
-            else:
-                self._idle.append(instance)
+        self._idle.append(instance)
+        if self._closed:  # close() ran between the check above and the append
+            self._drain()
 
     @property
     def idle(self) -> int:
         return len(self._idle)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            while self._idle:
-                self._idle.pop().close()
+        self._closed = True
+        self._drain()
+
+    def _drain(self) -> None:
+        # deque.pop is atomic: a release and a close draining at once close
+        # each instance once, without a lock on the release path.
+        idle = self._idle
+        while True:
+            try:
+                instance = idle.pop()
+            except IndexError:
+                return
+            instance.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.metrics import BUCKETS_S, Metrics
+from engine.metrics import BUCKETS_S, FOLD_EVERY, Metrics
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 SAMPLE_RE = re.compile(rf"^({NAME})(?:\{{(.*)\}})? (\S+)$")
@@ -114,6 +114,22 @@ def test_executions_counted_by_task_and_state() -> None:
     assert sorted((labels["task"], labels["state"], v) for _, labels, v in samples) == [
         ("alpha", "failed", 1), ("alpha", "succeeded", 2), ("alpha", "timed_out", 1), ("beta", "cancelled", 1),
     ]
+
+
+@pytest.mark.parametrize("n", [1, FOLD_EVERY - 1, FOLD_EVERY, FOLD_EVERY + 1, 3 * FOLD_EVERY + 7])
+def test_batched_recording_loses_and_doubles_nothing(n: int) -> None:
+    """Executions are folded in batches; every read sees all of them exactly once."""
+    m = Metrics()
+    for i in range(n):
+        m.execution_finished("t", "succeeded" if i % 3 else "failed", 0.0001 * (i % 7))
+        if i == n // 2:
+            m.render()  # a scrape in the middle of a batch
+    doc = parse(m.render())
+    counts = {labels["state"]: v for _, labels, v in doc["wasmyard_executions_total"].samples}
+    assert counts == {"failed": len(range(0, n, 3)), **({"succeeded": n - len(range(0, n, 3))} if n > 1 else {})}
+    count = next(v for name, _, v in doc["wasmyard_execution_duration_seconds"].samples if name.endswith("_count"))
+    assert count == n
+    assert m.executions[("t", "failed")] == len(range(0, n, 3))
 
 
 def test_histogram_is_cumulative_and_consistent() -> None:
