@@ -2,7 +2,8 @@
 """What ``_call_c`` shares with the other compiled twins: one command
 execution as a C struct that can run without the GIL (``_workers_c`` runs
 them on its worker threads), and the functions that fill it from Python
-arguments and turn its outcome back into Python results or exceptions."""
+arguments and turn its outcome back into Python results or exceptions
+(a host import's exception taken, per thread, by the thread that ran it)."""
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from fastpath._wasmtime_capi cimport *
@@ -59,7 +60,10 @@ cdef tuple _prepare_env(EnvJob *job, object engine, object pre, object stdin, ob
                         object memory_limit, object fuel, object watch_key, object deadline_callback,
                         object argv, object env, object preopens)
 cdef int _run_env_nogil(EnvJob *job) noexcept nogil
-cdef tuple _env_result(EnvJob *job, int status, object pre_closed)
+cdef int _forget_parked() except -1
+cdef bint _may_be_pending(int status) noexcept nogil
+cdef object _pending_after(int status)
+cdef tuple _env_result(EnvJob *job, int status, object pre_closed, object pending)
 cdef tuple _env_outputs(EnvJob *job)
 cdef void _free_env(EnvJob *job) noexcept
 cdef int _describe(object exc, size_t memory_size, int stage) except -1

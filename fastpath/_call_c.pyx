@@ -28,10 +28,16 @@ wasmtime-py's ctypes bindings; a mismatch, or a wasmtime major other than
 ``WASMTIME_MAJOR``, makes the import fail so the pure twin is used instead.
 
 Errors are built the way wasmtime-py builds them (``WasmtimeError._from_ptr``,
-``Trap._from_ptr``), and exceptions raised by host callbacks travel through
-wasmtime-py's own pending-exception slot (``wasmtime._func.LAST_EXCEPTION``),
-so a host function defined here behaves the same under ``Func.__call__`` and a
-wasmtime-py host function behaves the same under ``Export``.
+``Trap._from_ptr``).  An exception raised by a host callback is parked for
+its own thread in ``_call_py._PARKED`` (the dict both twins share) and a
+failed call into wasm raises its own thread's, never another thread's
+(``_claim_pending``; ``_call_py``'s docstring says why); wasmtime-py's
+pending-exception slot (``wasmtime._func.LAST_EXCEPTION``) is set too, so a
+host function defined here behaves the same under ``Func.__call__``, and an
+exception from that slot no other thread parked is raised as a fallback, so a
+wasmtime-py host function behaves the same under ``Export``.  A WASI exit is
+never replaced by a pending exception: a host import that raises makes the
+guest trap, so an exception pending at an exit is not the execution's own.
 
 A ``Store`` is not thread-safe: one thread at a time may call into a given
 store (through any ``Export`` / ``HandlerCall`` of it), as with wasmtime-py.
@@ -40,6 +46,7 @@ cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
@@ -59,6 +66,8 @@ import os
 from wasmtime import Engine, FuncType, Instance, InstancePre, Linker, Store, Trap, ValType, WasmtimeError
 from wasmtime import _ffi
 from wasmtime import _func as _wasmtime_func
+
+from fastpath import _call_py
 
 
 cdef extern from "Python.h":
@@ -194,7 +203,6 @@ _P_ERROR = ctypes.POINTER(_ffi.wasmtime_error_t)
 _P_TRAP = ctypes.POINTER(_ffi.wasm_trap_t)
 _c_void_p = ctypes.c_void_p
 _ctypes_cast = ctypes.cast
-_maybe_raise_last_exn = _wasmtime_func.maybe_raise_last_exn
 
 
 cdef inline uintptr_t _address(object ctypes_pointer) except? 0:
@@ -241,14 +249,56 @@ cdef wasmtime_context_t *_context_of(object store) except NULL:
     return <wasmtime_context_t *>_address(store._context())
 
 
-cdef int _raise_failure(wasmtime_error_t *error, wasm_trap_t *trap) except -1:
-    # As wasmtime-py's enter_wasm: build the error/trap, but a pending
-    # exception from a host callback wins.
+# -- host exceptions, per thread (see _call_py's docstring) --------------------
+
+# thread ident -> (exception, its __context__ when parked); shared with the
+# pure twin, so a host function of either twin is claimed by either's calls.
+cdef dict _PARKED = _call_py._PARKED
+
+
+cdef int _forget_parked() except -1:
+    """At a call into wasm: what this thread parked before is stale (the call
+    that entered wasm then was wasmtime-py's own, which raised it)."""
+    if _PARKED:
+        _PARKED.pop(PyThread_get_thread_ident(), None)
+    return 0
+
+
+cdef object _claim_pending():
+    """After a failed call into wasm on this thread: the exception a host
+    import raised during it, or None.
+
+    This thread's parked exception (taken out of wasmtime-py's slot too when
+    the slot holds it); else, for a host function defined with plain
+    wasmtime-py, the slot's exception unless another thread parked it.
+    """
+    cdef object entry = None
+    if _PARKED:
+        entry = _PARKED.pop(PyThread_get_thread_ident(), None)
+    last = _wasmtime_func.LAST_EXCEPTION
+    if entry is not None:
+        exc = entry[0]
+        if last is exc:
+            _wasmtime_func.LAST_EXCEPTION = None
+        return exc
+    if last is None:
+        return None
+    for entry in _PARKED.values():  # no Python code runs in the loop: the dict cannot change
+        if entry[0] is last:
+            return None
+    _wasmtime_func.LAST_EXCEPTION = None
+    return last
+
+
+cdef int _raise_failure(wasmtime_error_t *error, wasm_trap_t *trap, object pending) except -1:
+    # As wasmtime-py's enter_wasm: build the error/trap (taking ownership),
+    # but a pending exception from a host callback wins.
     if error != NULL:
         exc = WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
     else:
         exc = Trap._from_ptr(_ctypes_cast(<uintptr_t>trap, _P_TRAP))
-    _maybe_raise_last_exn()
+    if pending is not None:
+        raise pending
     raise exc
 
 
@@ -256,10 +306,11 @@ cdef inline int _call(wasmtime_context_t *ctx, const wasmtime_func_t *func,
                       wasmtime_val_raw_t *vals, size_t nvals) except -1:
     cdef wasmtime_error_t *error
     cdef wasm_trap_t *trap = NULL
+    _forget_parked()
     with nogil:
         error = c_func_call_unchecked(ctx, func, vals, nvals, &trap)
     if error != NULL or trap != NULL:
-        _raise_failure(error, trap)
+        _raise_failure(error, trap, _claim_pending())
     return 0
 
 
@@ -632,9 +683,11 @@ cdef class _HostFunc:
 
 
 cdef wasm_trap_t *_host_failure(object exc) noexcept:
-    # As wasmtime-py's trampoline: park the exception for the caller of the
-    # wasm call, and unwind wasm with a trap.
+    # As wasmtime-py's trampoline: park the exception for the call into wasm
+    # of this thread (and in wasmtime-py's slot, for wasmtime-py's own calls),
+    # and unwind wasm with a trap.
     try:
+        _PARKED[PyThread_get_thread_ident()] = (exc, exc.__context__)
         _wasmtime_func.LAST_EXCEPTION = exc
     except BaseException:
         pass
@@ -678,6 +731,8 @@ cdef wasm_trap_t *_host_trampoline(void *env, wasmtime_caller_t *caller,
                 raise TypeError("don't know how to convert %r to %s"
                                 % (result, _kind_name(<char>func.result)))
             _set_int(&vals[0], <char>func.result, result)
+        if _PARKED:  # what a nested call parked on this thread and the callback handled is stale
+            _PARKED.pop(PyThread_get_thread_ident(), None)
         return NULL
     except BaseException as exc:
         return _host_failure(exc)
@@ -1017,19 +1072,31 @@ cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path
     return (data, stdout, stderr, args, names, values, hosts, guests), pre_closed
 
 
-cdef int _start_result(StartJob *job, int status, object pre_closed) except -1:
-    """The exit status for ``status`` (what _run_start_nogil returned), or the exception."""
+cdef bint _may_be_pending(int status) noexcept nogil:
+    """Whether a host import's exception can be pending after a run that ended
+    with ``status``: only a failed instantiation or ``_start`` can raise one."""
+    return status == START_ENTER_FAILED
+
+
+cdef object _pending_after(int status):
+    """``_claim_pending()`` when ``status`` calls for it, else None; in the
+    thread that ran the job, right after the run."""
+    return _claim_pending() if _may_be_pending(status) else None
+
+
+cdef int _start_result(StartJob *job, int status, object pre_closed, object pending) except -1:
+    """The exit status for ``status`` (what _run_start_nogil returned), or the
+    exception; ``pending`` is ``_pending_after(status)`` of the thread that ran it."""
     cdef wasmtime_error_t *error
     cdef wasm_trap_t *trap
     if status == START_OK:
         return 0
     if status == START_EXIT:
-        _maybe_raise_last_exn()  # as enter_wasm: a pending host exception wins
         return job.exit_code
     if status == START_ENTER_FAILED:
         error, trap = job.error, job.trap
         job.error = job.trap = NULL
-        _raise_failure(error, trap)
+        _raise_failure(error, trap, pending)
     if status == START_SET_WASI_FAILED:
         error = job.error
         job.error = NULL
@@ -1076,9 +1143,10 @@ def run_start(store, pre, stdin, stdout_path, stderr_path, argv=(), env=(), preo
             # A closed store fails where wasmtime-py would notice it: later.
             if store._Store__context is not None:
                 job.ctx = _context_of(store)
+            _forget_parked()
             with nogil:
                 status = _run_start_nogil(&job)
-            return _start_result(&job, status, pre_closed)
+            return _start_result(&job, status, pre_closed, _pending_after(status))
         except BaseException as exc:
             _describe(exc, job.memory_size, job.stage)
             raise
@@ -1199,20 +1267,21 @@ cdef tuple _prepare_env(EnvJob *job, object engine, object pre, object stdin, ob
     return kept
 
 
-cdef tuple _env_result(EnvJob *job, int status, object pre_closed):
+cdef tuple _env_result(EnvJob *job, int status, object pre_closed, object pending):
     """``(exit_code, stdout, stderr, stdout_too_big)`` for what ``_run_env_nogil``
-    returned, or the exception (without ``memory_size`` / ``stage``)."""
+    returned, or the exception (without ``memory_size`` / ``stage``);
+    ``pending`` is ``_pending_after(status)`` of the thread that ran it.
+    Call it once per run: it takes the C error or trap of a failed one."""
     cdef wasmtime_error_t *error
     cdef int code
     if status == ENV_FUEL_FAILED:
         error = job.start.error
         job.start.error = NULL
         raise WasmtimeError._from_ptr(_ctypes_cast(<uintptr_t>error, _P_ERROR))
-    if status == ENV_READ_FAILED:
-        _maybe_raise_last_exn()
+    if status == ENV_READ_FAILED:  # the run itself ended well: nothing can be pending
         code = job.read_errno
         raise OSError(code, os.strerror(code))
-    code = _start_result(&job.start, status, pre_closed)
+    code = _start_result(&job.start, status, pre_closed, pending)
     return (code,) + _env_outputs(job) + (bool(job.out.too_big),)
 
 
@@ -1250,9 +1319,10 @@ def run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, std
                                             watch_key, deadline_callback, argv, env, preopens)
             job.start.stdout_path = PyBytes_AS_STRING(paths[0])
             job.start.stderr_path = PyBytes_AS_STRING(paths[1])
+            _forget_parked()
             with nogil:
                 status = _run_env_nogil(&job)
-            return _env_result(&job, status, pre_closed)
+            return _env_result(&job, status, pre_closed, _pending_after(status))
         except BaseException as exc:
             _describe(exc, job.start.memory_size, job.start.stage)
             raise

@@ -32,6 +32,43 @@ An exception raised by a callback becomes a trap in wasm and is re-raised
 from the call that entered wasm, as wasmtime-py does.  Traps, fuel and epoch
 interruptions and WASI exits raise ``wasmtime.Trap`` / ``WasmtimeError`` /
 ``ExitTrap`` exactly as ``Func.__call__`` does.
+
+Host exceptions and threads.  wasmtime-py parks a callback's exception in one
+process-wide slot, ``wasmtime._func.LAST_EXCEPTION``, and whatever call into
+wasm fails next raises it; with several threads in wasm at once (a worker
+pool, handlers on a thread pool) a call can raise another thread's exception,
+or a bare "python exception" trap when its own was taken.  So a host function
+defined by ``define_host_func`` (either twin) also parks its exception for
+its own thread, in ``_PARKED`` (keyed by thread ident, used under the GIL),
+and every call into wasm made here (``Export``, ``HandlerCall``,
+``run_start``, ``run_command_env``, the workers' jobs) raises, when it fails,
+its own thread's parked exception first (``_own_failure``; the compiled
+twin's ``_claim_pending``), and never one another thread parked.  For
+compatibility wasmtime-py's slot is set too: a host function defined here
+behaves as before when wasmtime-py's own ``Func.__call__`` /
+``instantiate`` enters the guest (that call raises it from the slot; the
+parked copy, now stale, is dropped at the thread's next call into wasm made
+here, or when a host function of the thread returns normally); and the
+exception of a host function defined with plain ``Linker.define_func``
+still comes through the slot when no other thread parked it.  Such plain
+host functions keep wasmtime-py's limits under threads: nothing tells whose
+exception the slot holds.
+
+What this twin cannot fix without re-implementing wasmtime-py's call path:
+when a call on thread B fails for a reason of its own (a trap, an error, a
+WASI exit) while the slot holds an exception, wasmtime-py's ``enter_wasm``
+in B raises that exception and drops B's own trap or error.  If another
+thread parked it (found in ``_PARKED``, or — its owner may have taken it
+since — raised through this twin's ``_HostCall``), B does not raise it (its
+owner raises it, from its parked copy):
+B raises its own error, which ``enter_wasm`` chained as that exception's
+``__context__`` (errors and WASI exits: ``run_start`` still returns the exit
+status), or, for a trap, whose message and code are gone,
+``wasmtime.Trap(_LOST_TRAP)`` (``_lost_failure``); the owner may then raise
+its exception with B's error as ``__context__``, when it took it first.  A
+plain host function's exception from another thread B raises as
+wasmtime-py did, even in place of a WASI exit.  The compiled twin builds
+every error itself and has no such case.
 """
 from __future__ import annotations
 
@@ -39,6 +76,8 @@ import ctypes
 import importlib.metadata
 import operator
 import os
+import sys
+from threading import get_ident
 from typing import Any, Callable, Optional, Sequence, Union
 
 from wasmtime import (
@@ -56,11 +95,13 @@ from wasmtime import (
     Store,
     Table,
     Tag,
+    Trap,
     ValType,
     WasiConfig,
     WasmtimeError,
     _ffi,
 )
+from wasmtime import _func as _wasmtime_func
 
 __all__ = [
     "HANDLER_ABI_VERSION",
@@ -140,6 +181,98 @@ def _oob(ptr: int, length: int, size: int) -> str:
     return f"ptr={ptr} len={length} memory size={size}"
 
 
+# -- host exceptions, per thread (see the module docstring) -------------------
+
+#: Thread ident -> (exception, its ``__context__`` when parked): what a host
+#: function defined by ``define_host_func`` (either twin: the compiled one uses
+#: this dict too) raised on that thread, until the failed call into wasm of
+#: that thread takes it.
+_PARKED: dict[int, tuple[BaseException, Optional[BaseException]]] = {}
+#: The message of the ``Trap`` raised for a trap wasmtime-py dropped (``_lost_failure``).
+_LOST_TRAP = "wasm trapped, but wasmtime-py raised another thread's host exception in place of this trap"
+
+
+def _own_failure(raised: BaseException, caller: Any) -> BaseException:
+    """What the call into wasm made from frame ``caller`` raises, given what
+    wasmtime-py raised there.
+
+    This thread's parked exception if there is one; else ``raised``, unless
+    it is an exception another thread parked, which wasmtime-py raised in
+    place of this call's own failure (``_lost_failure``).  Parked by another
+    thread: still in ``_PARKED``, or — its owner may have taken it meanwhile —
+    raised through this twin's ``_HostCall`` (its frame is in the traceback)
+    although this thread has nothing parked.
+    """
+    entry = _PARKED.pop(get_ident(), None)
+    if entry is not None:
+        if _wasmtime_func.LAST_EXCEPTION is entry[0]:
+            _wasmtime_func.LAST_EXCEPTION = None
+        return entry[0]
+    for entry in tuple(_PARKED.values()):
+        if entry[0] is raised:
+            return _lost_failure(raised, caller, entry)
+    if _went_through_host_call(raised):
+        return _lost_failure(raised, caller, None)
+    return raised
+
+
+def _went_through_host_call(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _HOST_CALL_CODE:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _lost_failure(raised: BaseException, caller: Any,
+                  entry: Optional[tuple[BaseException, Optional[BaseException]]]) -> BaseException:
+    """The call into wasm made from frame ``caller`` failed and wasmtime-py
+    raised another thread's parked exception ``raised`` instead: the call's
+    own failure, as far as it is left.
+
+    ``enter_wasm`` raises the slot's exception while handling a
+    ``WasmtimeError`` (``ExitTrap`` included), which chains that error as its
+    ``__context__``; it is this call's own when it was raised by a frame
+    ``caller`` called (an older context is not).  While ``raised`` is still
+    parked (``entry``) its context is put back as the callback left it; once
+    its owner took it (``entry`` None) that is unknown, and the owner raises
+    it with this error as its context.  Only this thread writes the context:
+    an owner writing it back could race this read.  A trap ``enter_wasm``
+    drops without a trace.
+    """
+    context = raised.__context__
+    if isinstance(context, WasmtimeError):
+        tb = context.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_back is caller:
+                if entry is not None:
+                    raised.__context__ = entry[1]
+                return context
+            tb = tb.tb_next
+    return Trap(_LOST_TRAP)
+
+
+def _into_wasm(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, a wasmtime-py call that enters wasm, failing with this thread's own failure.
+
+    What this thread parked before is stale here (wasmtime-py's own call
+    raised it, not ours) and is dropped first.  The failure is raised outside
+    the ``except`` clause: raising it inside would chain what wasmtime-py
+    raised as its ``__context__``.
+    """
+    if _PARKED:
+        _PARKED.pop(get_ident(), None)
+    try:
+        return fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, as this thread's own
+        raised = exc
+    try:
+        raise _own_failure(raised, sys._getframe())
+    finally:
+        del raised  # no cycle through this frame
+
+
 # -- Export ------------------------------------------------------------------
 
 class Export:
@@ -179,7 +312,7 @@ class Export:
         for arg, kind in zip(args, kinds):
             if not isinstance(arg, int):
                 raise TypeError("don't know how to convert %r to %s" % (arg, kind))
-        return self._func(self._store, *args)  # type: ignore[no-any-return]
+        return _into_wasm(self._func, self._store, *args)
 
 
 # -- HandlerCall ---------------------------------------------------------------
@@ -209,7 +342,7 @@ class HandlerCall:
         _check_store_instance(store, instance)
         exports = instance.exports(store)
         version_fn = _handler_export(store, exports, "wy_abi_version", "() -> (i32)")
-        version = version_fn(store)
+        version = _into_wasm(version_fn, store)
         if version != HANDLER_ABI_VERSION:
             raise ValueError(
                 f"handler speaks ABI version {version}, this host speaks version {HANDLER_ABI_VERSION}"
@@ -226,7 +359,7 @@ class HandlerCall:
         n = len(data)
         if n > _U32:
             raise ValueError(f"input of {n} bytes does not fit a 32-bit memory")
-        ptr = self._alloc(store, n) & _U32
+        ptr = _into_wasm(self._alloc, store, n) & _U32
         if n:
             if ptr == 0:
                 raise ValueError(f"wy_alloc could not allocate {n} bytes")
@@ -234,7 +367,7 @@ class HandlerCall:
             if ptr + n > size:
                 raise ValueError(f"wy_alloc returned an out-of-bounds pointer: {_oob(ptr, n, size)}")
             memory.write(store, data, ptr)
-        r = self._handle(store, ptr, n)
+        r = _into_wasm(self._handle, store, ptr, n)
         size = memory.data_len(store)
         length = r & _U32
         if r >= 0:
@@ -339,6 +472,43 @@ def _valtype(kind: str) -> ValType:
     return ValType.i32() if kind == "i32" else ValType.i64()
 
 
+class _HostCall:
+    """What wasmtime-py calls for one host function of ``define_host_func``.
+
+    Every exception is raised here, not in wasmtime-py's trampoline after the
+    return (a result where none is expected), so that each one is parked for
+    this thread (see the module docstring) before wasmtime-py puts it in its
+    slot.
+    """
+
+    __slots__ = ("_callback", "_result_kind")
+
+    def __init__(self, callback: Callable[..., Optional[int]], result_kind: Optional[str]) -> None:
+        self._callback = callback
+        self._result_kind = result_kind
+
+    def __call__(self, caller: Caller, *args: int) -> Optional[int]:
+        mem = CallerMemory(caller)
+        try:
+            result = self._callback(mem, *args)
+            if self._result_kind is None:
+                if result is not None:
+                    raise WasmtimeError("callback produced results when it shouldn't")
+            elif not isinstance(result, int):
+                raise TypeError("don't know how to convert %r to %s" % (result, self._result_kind))
+        except BaseException as exc:
+            _PARKED[get_ident()] = (exc, exc.__context__)
+            raise
+        finally:
+            mem._caller = None
+        if _PARKED:  # what a nested call parked on this thread and the callback handled is stale
+            _PARKED.pop(get_ident(), None)
+        return result
+
+
+_HOST_CALL_CODE = _HostCall.__call__.__code__
+
+
 def define_host_func(linker: Linker, module: str, name: str, params: str, results: str,
                      callback: Callable[..., Optional[int]]) -> None:
     """Define ``module.name`` on ``linker`` as a call of ``callback(mem, *ints)``.
@@ -351,18 +521,7 @@ def define_host_func(linker: Linker, module: str, name: str, params: str, result
     param_kinds, result_kinds = _check_host_func(linker, module, name, params, results, callback)
     result_kind = result_kinds[0] if result_kinds else None
     ty = FuncType([_valtype(k) for k in param_kinds], [_valtype(k) for k in result_kinds])
-
-    def host_call(caller: Caller, *args: int) -> Optional[int]:
-        mem = CallerMemory(caller)
-        try:
-            result = callback(mem, *args)
-        finally:
-            mem._caller = None
-        if result_kind is not None and not isinstance(result, int):
-            raise TypeError("don't know how to convert %r to %s" % (result, result_kind))
-        return result
-
-    linker.define_func(module, name, ty, host_call, access_caller=True)
+    linker.define_func(module, name, ty, _HostCall(callback, result_kind), access_caller=True)
 
 
 # -- run_start: one WASI command execution -------------------------------------
@@ -499,12 +658,12 @@ def run_start(store: Store, pre: InstancePre, stdin: BytesLike, stdout_path: Uni
         store.set_wasi(wasi)
         try:
             stage = "instantiate"
-            instance = pre.instantiate(store)
+            instance = _into_wasm(pre.instantiate, store)
             stage = "start"
             start = instance.exports(store).get("_start")
             if not isinstance(start, Func):
                 raise ValueError(NO_START)
-            start(store)
+            _into_wasm(start, store)
         except ExitTrap as exc:
             return exc.code
         return 0

@@ -9,8 +9,12 @@ appends the job to the finished list without ever taking the GIL, then
 writes the notification descriptor only when that list was empty.  The event
 loop thread, the only one running Python in the steady state, collects every
 finished job in one ``completed()`` call.  The GIL is taken in a worker only
-for a job with a ``context`` (its guest may call host imports) and by the
-host imports themselves.
+for a job with a ``context`` (``enter`` / ``leave``, its guest may call host
+imports), by the host imports themselves, and after a run that failed in the
+guest, to take the exception a host import raised in that worker's thread
+(``_call_c._pending_after``): it is parked per thread, so only the thread
+that ran the job can take it, and the event loop thread's ``result()`` only
+turns into exceptions what the worker kept.
 """
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport errno
@@ -21,12 +25,11 @@ from posix.stat cimport fstat, struct_stat
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport read, write
 
-from fastpath._call_c cimport EnvJob, _describe, _env_outputs, _env_result, _free_env, _prepare_env, _run_env_nogil
+from fastpath._call_c cimport (EnvJob, _describe, _env_outputs, _env_result, _forget_parked, _free_env,
+                               _may_be_pending, _pending_after, _prepare_env, _run_env_nogil)
 
 import os
 import threading
-
-from wasmtime import _func as _wasmtime_func
 
 __all__ = ["CommandJob", "CommandPool", "NOT_STARTED"]
 
@@ -67,6 +70,7 @@ ctypedef struct PoolJob:
     int cancelled           # atomic: set by cancel(), read by the worker that takes the job
     int started
     int has_context
+    int ran                 # 0 when enter raised: the guest never ran
     int64_t run_ns
 
 
@@ -99,12 +103,16 @@ cdef class CommandJob:
     """One command execution, prepared on the event loop thread, run by a pool."""
 
     cdef PoolJob job
-    cdef object _keep           # the buffers job.env's pointers borrow
+    cdef object _keep           # the buffers job.env's pointers borrow, and the engine and pre
     cdef object _pre_closed
     cdef object _context
-    cdef object _pending        # a host import's exception, taken from wasmtime-py's slot
+    cdef object _pending        # a host import's exception, taken by the worker after the run
+    cdef object _hook_failure   # what enter or leave raised
     cdef object _previous       # what _leave restores
     cdef object _enter, _leave
+    cdef bint _settled          # result() has kept its outcome in _outcome / _failure
+    cdef object _outcome
+    cdef object _failure
 
     def __cinit__(self):
         memset(&self.job, 0, sizeof(PoolJob))
@@ -112,12 +120,15 @@ cdef class CommandJob:
     def __init__(self, engine, pre, stdin, max_stdout, max_stderr, memory_limit, fuel, watch_key,
                  deadline_callback, argv=(), env=(), preopens=(), context=None):
         try:
-            self._keep, self._pre_closed = _prepare_env(
+            keep, self._pre_closed = _prepare_env(
                 &self.job.env, engine, pre, stdin, max_stdout, max_stderr, memory_limit, fuel, watch_key,
                 deadline_callback, argv, env, preopens)
         except BaseException as exc:
             _describe(exc, 0, 0)
             raise
+        # job.env also borrows the engine's and the InstancePre's C pointers: a
+        # worker may run the job after the caller dropped its own references.
+        self._keep = (keep, engine, pre)
         self._context = context
         self.job.has_context = context is not None
         self.job.env.out.fd = -1
@@ -152,41 +163,69 @@ cdef class CommandJob:
         return _env_outputs(&self.job.env)
 
     def result(self):
-        """``run_command_env``'s result or exception, once, after the pool completed it."""
+        """``run_command_env``'s result or exception, after the pool completed
+        it; every call gives the first one's (see ``_workers_py``)."""
         if not self.job.started:
             raise ValueError(NOT_STARTED)
+        if not self._settled:
+            self._settle()
+        if self._failure is not None:
+            raise self._failure
+        return self._outcome
+
+    cdef int _settle(self) except -1:
+        # Once: _env_result takes the run's C error or trap.
+        self._settled = True
+        if not self.job.ran:
+            self._failure = self._hook_failure  # enter's
+            return 0
+        pending, self._pending = self._pending, None
         try:
-            if self._pending is not None:
-                pending, self._pending = self._pending, None
-                raise pending
-            return _env_result(&self.job.env, self.job.status, self._pre_closed)
+            self._outcome = _env_result(&self.job.env, self.job.status, self._pre_closed, pending)
         except BaseException as exc:
             _describe(exc, self.job.env.start.memory_size, self.job.env.start.stage)
-            raise
+            self._failure = exc
+            return 0
+        if self._hook_failure is not None:  # leave's, after a run that went well
+            _describe(self._hook_failure, 0, 0)
+            self._outcome, self._failure = None, self._hook_failure
+        return 0
 
 
 cdef int _enter(PoolJob *job) noexcept with gil:
+    """``enter(context)``; 0 when it raised (the job then does not run)."""
     cdef CommandJob owner = <CommandJob>job.owner
     try:
+        _forget_parked()
         owner._previous = owner._enter(owner._context)
+        return 1
     except BaseException as exc:
-        owner._pending = exc
+        owner._hook_failure = exc
+        _describe(exc, 0, 0)  # the host's failure: stage "setup"
+        return 0
+
+
+cdef int _claim(PoolJob *job) noexcept with gil:
+    """Take the exception a host import raised in this run, in this thread."""
+    cdef CommandJob owner = <CommandJob>job.owner
+    try:
+        owner._pending = _pending_after(job.status)
+    except BaseException:  # MemoryError: the run's own failure stands
+        pass
     return 0
 
 
 cdef int _leave(PoolJob *job) noexcept with gil:
+    """Take the run's pending exception, then ``leave(previous)``: taken first
+    because ``leave`` may run code that calls into wasm on this thread."""
     cdef CommandJob owner = <CommandJob>job.owner
+    if _may_be_pending(job.status):
+        _claim(job)
     try:
         owner._leave(owner._previous)
     except BaseException as exc:
-        owner._pending = exc
+        owner._hook_failure = exc  # the result only if the run went well (result() tells)
     owner._previous = None
-    # A host import's exception waits in wasmtime-py's process-wide slot; take
-    # it now, under the GIL, before another thread's call can see it.
-    pending = _wasmtime_func.LAST_EXCEPTION
-    if pending is not None and owner._pending is None:
-        _wasmtime_func.LAST_EXCEPTION = None
-        owner._pending = pending
     return 0
 
 
@@ -216,11 +255,13 @@ cdef void _work(PoolState *s, Slot *slot) noexcept nogil:
             job.env.out.fd = slot.stdout_fd
             job.env.err.fd = slot.stderr_fd
             t = _now_ns()
-            if job.has_context:
-                _enter(job)
-            job.status = _run_env_nogil(&job.env)
-            if job.has_context:
-                _leave(job)
+            job.ran = not job.has_context or _enter(job)
+            if job.ran:
+                job.status = _run_env_nogil(&job.env)
+                if job.has_context:
+                    _leave(job)
+                elif _may_be_pending(job.status):
+                    _claim(job)
             job.run_ns = _now_ns() - t
 
         pthread_mutex_lock(&s.lock)
@@ -281,24 +322,28 @@ cdef class CommandPool:
         with nogil:
             _work(s, slot)
 
-    def submit(self, CommandJob job not None):
+    def submit(self, job):
         """Queue ``job`` for the next free worker; never blocks."""
         cdef PoolState *s = self._state
-        if job.job.owner != NULL:
+        cdef CommandJob j
+        if not isinstance(job, CommandJob):  # spelled as _workers_py spells it
+            raise TypeError(f"expected a CommandJob, got {type(job).__name__}")
+        j = <CommandJob>job
+        if j.job.owner != NULL:
             raise ValueError("a CommandJob runs once")
         if s.closing:
             raise RuntimeError("the pool is closed")
-        if job.job.has_context and self._enter is None:
+        if j.job.has_context and self._enter is None:
             raise ValueError("a job with a context needs a pool with enter and leave")
-        job._enter, job._leave = self._enter, self._leave
-        Py_INCREF(job)
-        job.job.owner = <void *>job
+        j._enter, j._leave = self._enter, self._leave
+        Py_INCREF(j)
+        j.job.owner = <void *>j
         pthread_mutex_lock(&s.lock)
         if s.pending_tail == NULL:
-            s.pending_head = &job.job
+            s.pending_head = &j.job
         else:
-            s.pending_tail.next = &job.job
-        s.pending_tail = &job.job
+            s.pending_tail.next = &j.job
+        s.pending_tail = &j.job
         pthread_cond_signal(&s.wake)
         pthread_mutex_unlock(&s.lock)
 

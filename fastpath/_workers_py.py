@@ -21,13 +21,26 @@ Contract, the same in both twins:
   worker's.  ``context`` (e.g. the execution's host-import sink) is handed
   to the pool's ``enter`` before the run, and what ``enter`` returned to
   ``leave`` after it, in the worker thread.
-* ``job.result()`` gives, once, what ``run_command_env`` would have returned
-  or raised for it; ``ValueError(NOT_STARTED)`` when ``cancel()`` came before
-  a worker took it.  ``job.run_s`` is the run's duration in its worker;
+* ``job.result()`` gives what ``run_command_env`` would have returned or
+  raised for it, run in its worker's thread: the exception a host import
+  raised is its own job's, never another worker's (``_call_py``'s docstring
+  tells how).  It can be called again: every call returns the same tuple or
+  raises the same exception object as the first.  ``ValueError(NOT_STARTED)``
+  when ``cancel()`` came before a worker took it.  ``job.run_s`` is the run's
+  duration in its worker;
   ``job.stdout_over_limit()`` says whether its stdout file already holds
   more than ``max_stdout`` (for the deadline callback, in that worker);
   ``job.outputs()`` is ``(stdout, stderr)`` as read after the run, within
   their limits, also after a failure in the guest.
+* ``enter`` or ``leave`` raising is the host's failure, never a worker's
+  end: the job is completed (``completed()`` hands it back) and the worker
+  takes the next one.  If ``enter`` raises, the guest does not run, ``leave``
+  is not called (nothing was entered), ``started`` is still True (a worker
+  took the job), ``outputs()`` is empty and ``result()`` raises ``enter``'s
+  exception.  If ``leave`` raises, ``result()`` raises its exception when the
+  run went well, and the run's own exception otherwise (``leave``'s is then
+  dropped).  Either exception gets ``memory_size`` 0 and ``stage`` "setup",
+  as a host failure before the run does.
 * ``CommandPool(outputs, notify_fd, enter=None, leave=None)``: one worker
   per ``(stdout_path, stderr_path, stdout_fd, stderr_fd)`` in ``outputs``
   (the files it reuses; descriptors open for reading).  ``submit(job)``
@@ -97,36 +110,62 @@ class CommandJob:
         if not self._started:
             raise ValueError(NOT_STARTED)
         if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
+            raise self._failure
         return self._outcome  # type: ignore[no-any-return]
 
     def _run(self, output: tuple[str, str, int, int], enter: Optional[Callable], leave: Optional[Callable]) -> None:
-        """In a worker thread: the whole environment; keeps the result or the exception."""
+        """In a worker thread: the whole environment; keeps the result or the
+        exception.  Raises nothing: the worker must go on (see the contract)."""
         self._started = not self._cancelled
         if not self._started:
             return
         stdout_path, stderr_path, stdout_fd, stderr_fd = output
         self._stdout_fd = stdout_fd
         t = time.perf_counter()
-        previous = enter(self._context) if self._context is not None and enter is not None else None
         try:
-            self._outcome = run_command_env(*self._args[:2], self._args[2], stdout_path, stderr_path, stdout_fd,
-                                            stderr_fd, *self._limits, *self._wasi)
+            if self._context is None or enter is None or leave is None:
+                self._execute(stdout_path, stderr_path, stdout_fd, stderr_fd)
+                return
+            try:
+                previous = enter(self._context)
+            except BaseException as exc:  # noqa: BLE001 - handed to result()
+                self._failure = _host_failure(exc)
+                return
+            self._execute(stdout_path, stderr_path, stdout_fd, stderr_fd)
+            try:
+                leave(previous)
+            except BaseException as exc:  # noqa: BLE001 - handed to result() unless the run failed
+                if self._failure is None:
+                    self._outcome, self._failure = None, _host_failure(exc)
+        finally:
+            self.run_s = time.perf_counter() - t
+
+    def _execute(self, stdout_path: str, stderr_path: str, stdout_fd: int, stderr_fd: int) -> None:
+        """``run_command_env`` in this thread (so a host import's exception is
+        taken here, before ``leave`` runs); keeps its result or exception and
+        the outputs."""
+        engine, pre, stdin = self._args
+        max_stdout, max_stderr, memory_limit, fuel, watch_key, deadline_callback = self._limits
+        argv, env, preopens = self._wasi
+        try:
+            self._outcome = run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, stderr_fd,
+                                            max_stdout, max_stderr, memory_limit, fuel, watch_key,
+                                            deadline_callback, argv, env, preopens)
         except BaseException as exc:  # noqa: BLE001 - handed to result()
             self._failure = exc
             if getattr(exc, "stage", "setup") != "setup":
                 try:
-                    self._outputs = (_read_output(stdout_fd, self._limits[0])[0],
-                                     _read_output(stderr_fd, self._limits[1])[0])
+                    self._outputs = (_read_output(stdout_fd, max_stdout)[0], _read_output(stderr_fd, max_stderr)[0])
                 except OSError:
                     pass
         else:
             self._outputs = self._outcome[1:3]
-        finally:
-            if self._context is not None and leave is not None:
-                leave(previous)
-            self.run_s = time.perf_counter() - t
+
+
+def _host_failure(exc: BaseException) -> BaseException:
+    """``exc``, raised by ``enter`` or ``leave``, described as a host failure before the run."""
+    _describe(exc, 0, "setup")
+    return exc
 
 
 def check_pool_args(outputs: Any, notify_fd: Any, enter: Any, leave: Any) -> list[tuple[str, str, int, int]]:

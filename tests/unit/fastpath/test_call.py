@@ -739,6 +739,119 @@ def test_handler_fuel_runs_out_like_wasmtime_py(twin: ModuleType) -> None:
     assert handler.invoke(b"abc") == (True, b"CBA")
 
 
+# ---- threads: a host exception is raised on its own thread ------------------------------
+
+# Each thread's calls, in turn: an import that raises (through an Export, and
+# through a HandlerCall's log), a genuine trap (an out-of-bounds load), and a
+# call that succeeds.
+THREAD_CALLS = ("export", "trap", "handler", "ok")
+
+
+def _lost_trap(twin: ModuleType) -> Optional[str]:
+    """The pure twin's message for a trap wasmtime-py dropped (see ``_call_py``); None in the compiled one."""
+    return getattr(twin, "_LOST_TRAP", None) if twin.__name__.endswith("_py") else None
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("threads", [2, 4])
+def test_concurrent_host_exceptions_stay_on_their_threads(twin: ModuleType, threads: int) -> None:
+    """Threads call into stores of their own whose host imports raise an
+    exception naming the thread and the call: every call raises its own, and
+    a trap or a success in between is never replaced by another thread's
+    exception (wasmtime-py's process-wide slot is shared by all of them)."""
+    rounds = 400
+    barrier = threading.Barrier(threads)
+    failures: list[Any] = []
+    oob = call(twin, *_hosted(twin), "load", 70000)
+    assert oob[1] is wasmtime.Trap and oob[3] == wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS
+
+    def worker(k: int) -> None:
+        current = [0]
+
+        def refuse(mem: Any, *args: int) -> None:
+            raise Boom(f"thread {k} call {current[0]}")
+
+        store, instance = _hosted(twin, h32=refuse)
+        export, load = twin.Export(store, instance, "call_h32"), twin.Export(store, instance, "load")
+        handler = twin.HandlerCall(*instantiate(handler_wat(), twin, (("log", "iii:", refuse),)))
+        barrier.wait()
+        for i in range(rounds):
+            current[0] = i
+            kind = THREAD_CALLS[i % len(THREAD_CALLS)]
+            if kind == "export":
+                got, expected = outcome(export, 1), ("raised", Boom, f"thread {k} call {i}", None, None)
+            elif kind == "handler":
+                got, expected = outcome(handler.invoke, b"%log"), ("raised", Boom, f"thread {k} call {i}", None, None)
+            elif kind == "trap":
+                got, expected = outcome(load, 70000), oob
+                if got[:3] == ("raised", wasmtime.Trap, _lost_trap(twin)):
+                    continue  # the documented case of the pure twin: its trap dropped, no other exception
+            else:
+                got, expected = outcome(handler.invoke, b"fine"), ("ok", (True, b"ENIF"))
+            if got != expected:
+                failures.append((k, i, got))
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert failures == []
+    assert wasmtime._func.LAST_EXCEPTION is None
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_a_stale_host_exception_is_not_raised_later(twin: ModuleType) -> None:
+    """An exception raised under wasmtime-py's own ``Func.__call__`` is raised
+    there; it is not raised again by this thread's next failing call (a trap),
+    nor by a nested call the callback handled."""
+    store, instance = _hosted(twin, h32=_raise(Boom("under Func.__call__")))
+    assert outcome(instance.exports(store)["call_h32"], store, 1)[:3] == ("raised", Boom, "under Func.__call__")
+    assert call(twin, store, instance, "load", 70000)[1] is wasmtime.Trap
+
+    inner_store, inner = _hosted(twin, h32=_raise(Boom("inner")))
+    inner_call = inner.exports(inner_store)["call_h32"]
+
+    def swallow(mem: Any, a: int) -> int:
+        try:
+            inner_call(inner_store, 1)  # wasmtime-py's own call: it raises Boom("inner") here
+        except Boom:
+            return a
+        return -1
+
+    outer_store, outer = _hosted(twin, h32=swallow)
+    assert call(twin, outer_store, outer, "call_h32", 5) == ("ok", 5)
+    assert call(twin, outer_store, outer, "load", 70000)[1] is wasmtime.Trap
+    assert wasmtime._func.LAST_EXCEPTION is None
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_an_exception_another_thread_parked_is_not_raised_here(twin: ModuleType) -> None:
+    """wasmtime-py's slot holds an exception another thread's host import
+    parked (that thread has not taken it yet) when a call here traps: the call
+    raises its own trap.  The compiled twin leaves the exception in the slot;
+    the pure one cannot stop wasmtime-py from taking it (and dropping the
+    trap), so it raises ``Trap(_LOST_TRAP)``; the owner's parked copy is
+    untouched either way."""
+    parked = Boom("another thread's")
+    other = threading.Thread(target=lambda: None)
+    other.start()
+    other.join()
+    shared = importlib.import_module("fastpath._call_py")._PARKED
+    shared[other.ident] = (parked, None)
+    wasmtime._func.LAST_EXCEPTION = parked
+    try:
+        got = call(twin, *_hosted(twin), "load", 70000)
+        if twin.__name__.endswith("_py"):
+            assert got[:4] == ("raised", wasmtime.Trap, twin._LOST_TRAP, None)
+        else:
+            assert got[1] is wasmtime.Trap and got[3] == wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS
+            assert wasmtime._func.LAST_EXCEPTION is parked
+        assert shared[other.ident] == (parked, None) and parked.__context__ is None
+    finally:
+        wasmtime._func.LAST_EXCEPTION = None
+        shared.pop(other.ident, None)
+
 # ---- the example tasks ------------------------------------------------------------------
 
 TASK_INPUTS = {

@@ -9,6 +9,7 @@ the twins; traps and errors are also compared with what plain wasmtime-py
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import subprocess
 import sys
@@ -497,6 +498,98 @@ def test_a_host_exception_surfaces_with_the_memory_size(twin: ModuleType, files:
 
     pre = prepared(NOTE, twin, host=(("note", "ii:i", note),))
     assert start(twin, pre, files) == ("raised", Refused, "no notes today", None, 2 * 65536, "start")
+
+
+# Ends as note answers: 0 returns, 1 traps, 2 exits with status 7.
+ENDINGS = """
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasmyard" "note" (func $note (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $how i32)
+    (local.set $how (call $note (i32.const 0) (i32.const 0)))
+    (if (i32.eq (local.get $how) (i32.const 1)) (then unreachable))
+    (if (i32.eq (local.get $how) (i32.const 2)) (then (call $exit (i32.const 7)))))
+)
+"""
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_concurrent_executions_keep_their_own_endings(twin: ModuleType, tmp_path: Path) -> None:
+    """Threads run commands in stores of their own: imports that raise an
+    exception naming the thread and the run, alongside runs that return, trap,
+    exit and fail to instantiate.  Each run gets its own outcome, never another
+    thread's exception; an exit keeps its status and an instantiation its
+    error also when (pure twin) wasmtime-py raised another thread's exception
+    in their place.  Only a trap may become ``Trap(_LOST_TRAP)`` there."""
+    threads, rounds = 4, 100
+    barrier = threading.Barrier(threads)
+    failures: list[Any] = []
+    lost = ("raised", wasmtime.Trap, getattr(twin, "_LOST_TRAP", None), None, 2 * 65536, "start")
+    reference = Files(tmp_path)
+    trapped = start(twin, prepared(ENDINGS, twin, host=(("note", "ii:i", lambda mem, p, n: 1),)), reference)
+    assert trapped[1] is wasmtime.Trap and trapped[3] == wasmtime.TrapCode.UNREACHABLE
+    too_small = start(twin, prepared(command_wasm("echo")), reference, setup=lambda s: s.set_limits(memory_size=1000))
+    assert too_small[1] is wasmtime.WasmtimeError and too_small[4:] == (0, "instantiate")
+
+    def worker(k: int) -> None:
+        mine = Files(tmp_path)
+        mine.stdout, mine.stderr = str(tmp_path / f"out{k}"), str(tmp_path / f"err{k}")
+        current = [0]
+
+        def note(mem: Any, ptr: int, length: int) -> int:
+            i = current[0]
+            if i % 5 == 0:
+                raise Refused(f"thread {k} run {i}")
+            return i % 5 - 1
+
+        pre, echo = prepared(ENDINGS, twin, host=(("note", "ii:i", note),)), prepared(command_wasm("echo"))
+        barrier.wait()
+        for i in range(rounds):
+            current[0] = i
+            if i % 5 == 4:
+                got = start(twin, echo, mine, setup=lambda s: s.set_limits(memory_size=1000))
+                expected = too_small
+            else:
+                got = start(twin, pre, mine)
+                expected = [("raised", Refused, f"thread {k} run {i}", None, 2 * 65536, "start"), ("ok", 0),
+                            trapped, ("ok", 7)][i % 5]
+            if got != expected and not (expected is trapped and twin.__name__.endswith("_py") and got == lost):
+                failures.append((k, i, got))
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert failures == []
+    assert wasmtime._func.LAST_EXCEPTION is None
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_an_exit_or_error_is_kept_when_the_slot_holds_another_threads_exception(twin: ModuleType,
+                                                                                  files: Files) -> None:
+    """The pure twin's recovery, made certain: wasmtime-py's slot holds an
+    exception another thread parked while a command exits, or fails to
+    instantiate.  Both twins return the exit status and raise the error; the
+    exception stays its owner's, with its context as it was."""
+    parked = Refused("another thread's")
+    other = threading.Thread(target=lambda: None)
+    other.start()
+    other.join()
+    shared = importlib.import_module("fastpath._call_py")._PARKED
+    try:
+        for setup, expected in [(lambda s: None, ("ok", 3)),
+                                (lambda s: s.set_limits(memory_size=1000), (wasmtime.WasmtimeError, 0, "instantiate"))]:
+            shared[other.ident] = (parked, None)
+            wasmtime._func.LAST_EXCEPTION = parked
+            got = start(twin, prepared(command_wasm("exit3")), files, setup=setup)
+            assert (got if got[0] == "ok" else (got[1],) + got[4:]) == expected
+            assert shared[other.ident] == (parked, None)
+            wasmtime._func.LAST_EXCEPTION = None
+    finally:
+        wasmtime._func.LAST_EXCEPTION = None
+        shared.pop(other.ident, None)
 
 
 # ---- setup failures and arguments -----------------------------------------------------------
