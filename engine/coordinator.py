@@ -122,8 +122,10 @@ class Coordinator:
         # Running executions of a replaced version keep (and release) the old slot.
         entry = TaskEntry(compiled, TaskSlot(manifest), pool)
         self.tasks[manifest.name] = entry
-        if old is not None and old.pool is not None:
-            old.pool.close()
+        if old is not None:
+            self._commands.forget(old.compiled)
+            if old.pool is not None:
+                old.pool.close()
         log.info("task registered name=%s kind=%s sha256=%s", manifest.name, manifest.kind, compiled.digest[:12])
         return entry
 
@@ -156,6 +158,7 @@ class Coordinator:
         waiting += [ex for ex in self.history.live(name) if self.scheduler.remove(ex.entry_id, name)]
         for execution in waiting:
             self._finish_unstarted(execution, S.CANCELLED, f"task {name!r} was removed")
+        self._commands.forget(entry.compiled)
         if entry.pool is not None:
             entry.pool.close()
 

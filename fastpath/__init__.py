@@ -17,7 +17,7 @@ __all__ = [
     "IMPLEMENTATION", "LOAD_ERROR", "MODULES", "load",
     "PriorityQueue", "TopicRouter", "validate_filter", "validate_topic",
     "Export", "HandlerCall", "CallerMemory", "define_host_func", "check_wasmtime_version", "run_start",
-    "run_command_env", "CommandJob", "CommandPool",
+    "run_command_env", "CommandJob", "CommandPool", "CommandSpec",
 ]
 
 #: Every twin pair, by concept.  ``_<name>_c`` (Cython) beside ``_<name>_py``.
@@ -58,3 +58,4 @@ run_start = _call.run_start
 run_command_env = _call.run_command_env
 CommandJob = _modules["workers"].CommandJob
 CommandPool = _modules["workers"].CommandPool
+CommandSpec = _modules["workers"].CommandSpec

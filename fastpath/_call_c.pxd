@@ -66,4 +66,7 @@ cdef object _pending_after(int status)
 cdef tuple _env_result(EnvJob *job, int status, object pre_closed, object pending)
 cdef tuple _env_outputs(EnvJob *job)
 cdef void _free_env(EnvJob *job) noexcept
+cdef void _free_env_results(EnvJob *job) noexcept
+cdef object _bounded(object value, str what, object low, object high)
+cdef bytes _other_bytes(object data)
 cdef int _describe(object exc, size_t memory_size, int stage) except -1

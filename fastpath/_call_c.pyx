@@ -1291,11 +1291,22 @@ cdef tuple _env_outputs(EnvJob *job):
             PyBytes_FromStringAndSize(job.err.data, job.err.size) if job.err.size else b"")
 
 
-cdef void _free_env(EnvJob *job) noexcept:
-    _free_job(&job.start)
+cdef void _free_env_results(EnvJob *job) noexcept:
+    """What a run left in ``job``: its C error or trap and the outputs read."""
+    if job.start.error != NULL:
+        c_error_delete(job.start.error)
+        job.start.error = NULL
+    if job.start.trap != NULL:
+        c_trap_delete(job.start.trap)
+        job.start.trap = NULL
     free(job.out.data)
     free(job.err.data)
     job.out.data = job.err.data = NULL
+
+
+cdef void _free_env(EnvJob *job) noexcept:
+    _free_env_results(job)
+    _free_job(&job.start)
 
 
 def run_command_env(engine, pre, stdin, stdout_path, stderr_path, stdout_fd, stderr_fd, max_stdout, max_stderr,

@@ -16,22 +16,26 @@ guest, to take the exception a host import raised in that worker's thread
 that ran the job can take it, and the event loop thread's ``result()`` only
 turns into exceptions what the worker kept.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport errno
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from posix.stat cimport fstat, struct_stat
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport read, write
 
-from fastpath._call_c cimport (EnvJob, _describe, _env_outputs, _env_result, _forget_parked, _free_env,
-                               _may_be_pending, _pending_after, _prepare_env, _run_env_nogil)
+from fastpath._call_c cimport (EnvJob, _bounded, _describe, _env_outputs, _env_result, _forget_parked, _free_env,
+                               _free_env_results, _may_be_pending, _other_bytes, _pending_after, _prepare_env,
+                               _run_env_nogil)
 
 import os
 import threading
 
-__all__ = ["CommandJob", "CommandPool", "NOT_STARTED"]
+__all__ = ["CommandJob", "CommandPool", "CommandSpec", "NOT_STARTED"]
+
+_UINT64_MAX = (1 << 64) - 1
 
 #: The message of the ``ValueError`` ``CommandJob.result`` raises for a job cancelled before it started.
 NOT_STARTED = "cancelled before it started"
@@ -91,6 +95,8 @@ ctypedef struct PoolState:
     PoolJob *done_tail
     int notify_fd
     int closing
+    int waiting             # workers in pthread_cond_wait
+    int npending
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -113,6 +119,7 @@ cdef class CommandJob:
     cdef bint _settled          # result() has kept its outcome in _outcome / _failure
     cdef object _outcome
     cdef object _failure
+    cdef bint _borrowed         # job.env's argument arrays belong to a CommandSpec (in _keep)
 
     def __cinit__(self):
         memset(&self.job, 0, sizeof(PoolJob))
@@ -134,7 +141,10 @@ cdef class CommandJob:
         self.job.env.out.fd = -1
 
     def __dealloc__(self):
-        _free_env(&self.job.env)
+        if self._borrowed:
+            _free_env_results(&self.job.env)
+        else:
+            _free_env(&self.job.env)
 
     def cancel(self):
         """Do not start it; no effect once a worker has started it."""
@@ -192,6 +202,58 @@ cdef class CommandJob:
         return 0
 
 
+cdef class CommandSpec:
+    """What every execution of one command task shares; see ``_workers_py.CommandSpec``."""
+
+    cdef EnvJob template        # an execution's EnvJob but for its stdin and watch key
+    cdef object _keep
+    cdef object _pre_closed
+
+    def __cinit__(self):
+        memset(&self.template, 0, sizeof(EnvJob))
+
+    def __init__(self, engine, pre, max_stdout, max_stderr, memory_limit, fuel, deadline_callback, argv=(), env=(),
+                 preopens=()):
+        try:
+            keep, self._pre_closed = _prepare_env(
+                &self.template, engine, pre, b"", max_stdout, max_stderr, memory_limit, fuel, 0, deadline_callback,
+                argv, env, preopens)
+        except BaseException as exc:
+            _describe(exc, 0, 0)
+            raise
+        self._keep = (keep, engine, pre)
+
+    def __dealloc__(self):
+        _free_env(&self.template)
+
+    def job(self, stdin, watch_key, context=None):
+        """A ``CommandJob`` of this spec: its arrays are the spec's, not copies."""
+        cdef CommandJob job
+        try:
+            key = _bounded(watch_key, "watch_key", 0, _UINT64_MAX)
+            if isinstance(stdin, bytes):
+                data = stdin
+            elif isinstance(stdin, bytearray):
+                data = bytes(stdin)
+            else:
+                data = _other_bytes(stdin)
+        except BaseException as exc:
+            _describe(exc, 0, 0)
+            raise
+        job = CommandJob.__new__(CommandJob)
+        job.job.env = self.template
+        job.job.env.start.stdin_data = <const uint8_t *>PyBytes_AS_STRING(data)
+        job.job.env.start.stdin_len = <size_t>PyBytes_GET_SIZE(data)
+        job.job.env.watch_key = <void *><uintptr_t>key
+        job.job.env.out.fd = -1
+        job._borrowed = True
+        job._keep = (self, data)
+        job._pre_closed = self._pre_closed
+        job._context = context
+        job.job.has_context = context is not None
+        return job
+
+
 cdef int _enter(PoolJob *job) noexcept with gil:
     """``enter(context)``; 0 when it raised (the job then does not run)."""
     cdef CommandJob owner = <CommandJob>job.owner
@@ -237,7 +299,9 @@ cdef void _work(PoolState *s, Slot *slot) noexcept nogil:
     while True:
         pthread_mutex_lock(&s.lock)
         while s.pending_head == NULL and not s.closing:
+            s.waiting += 1
             pthread_cond_wait(&s.wake, &s.lock)
+            s.waiting -= 1
         job = s.pending_head
         if job == NULL:
             pthread_mutex_unlock(&s.lock)
@@ -245,6 +309,7 @@ cdef void _work(PoolState *s, Slot *slot) noexcept nogil:
         s.pending_head = job.next
         if s.pending_head == NULL:
             s.pending_tail = NULL
+        s.npending -= 1
         job.next = NULL
         pthread_mutex_unlock(&s.lock)
 
@@ -322,8 +387,9 @@ cdef class CommandPool:
         with nogil:
             _work(s, slot)
 
-    def submit(self, job):
-        """Queue ``job`` for the next free worker; never blocks."""
+    def submit(self, job, wake=True):
+        """Queue ``job`` for the next free worker; never blocks.  ``wake=False``
+        leaves waking a sleeping worker to a later ``wake()``."""
         cdef PoolState *s = self._state
         cdef CommandJob j
         if not isinstance(job, CommandJob):  # spelled as _workers_py spells it
@@ -344,7 +410,20 @@ cdef class CommandPool:
         else:
             s.pending_tail.next = &j.job
         s.pending_tail = &j.job
-        pthread_cond_signal(&s.wake)
+        s.npending += 1
+        if wake and s.waiting:
+            pthread_cond_signal(&s.wake)
+        pthread_mutex_unlock(&s.lock)
+
+    def wake(self):
+        """Wake as many sleeping workers as there are jobs waiting (at most)."""
+        cdef PoolState *s = self._state
+        cdef int n
+        pthread_mutex_lock(&s.lock)
+        n = s.npending if s.npending < s.waiting else s.waiting
+        while n > 0:
+            pthread_cond_signal(&s.wake)
+            n -= 1
         pthread_mutex_unlock(&s.lock)
 
     def completed(self):

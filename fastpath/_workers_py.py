@@ -41,10 +41,19 @@ Contract, the same in both twins:
   run went well, and the run's own exception otherwise (``leave``'s is then
   dropped).  Either exception gets ``memory_size`` 0 and ``stage`` "setup",
   as a host failure before the run does.
+* ``CommandSpec(engine, pre, max_stdout, max_stderr, memory_limit, fuel,
+  deadline_callback, argv=(), env=(), preopens=())`` checks and converts
+  what every execution of one task shares, once; ``spec.job(stdin,
+  watch_key, context=None)`` is the ``CommandJob`` for one execution, as
+  ``CommandJob(...)`` with the same arguments would be, at the cost of
+  checking only its input and watch key.
 * ``CommandPool(outputs, notify_fd, enter=None, leave=None)``: one worker
   per ``(stdout_path, stderr_path, stdout_fd, stderr_fd)`` in ``outputs``
   (the files it reuses; descriptors open for reading).  ``submit(job)``
-  never blocks; ``completed()`` returns the finished jobs oldest first and
+  never blocks; ``submit(job, wake=False)`` leaves a sleeping worker asleep
+  until ``wake()``, so that a caller submitting a burst wakes the workers
+  once for it rather than once per job (a wake-up is a system call and,
+  on a virtual machine, often an inter-processor interrupt); ``completed()`` returns the finished jobs oldest first and
   consumes the notification; ``close()`` lets the workers finish every
   submitted job and stops them.
 """
@@ -58,10 +67,28 @@ from typing import Any, Callable, Optional, Sequence
 
 from fastpath._call_py import _describe, _path, _read_output, check_env_args, run_command_env
 
-__all__ = ["CommandJob", "CommandPool", "NOT_STARTED"]
+__all__ = ["CommandJob", "CommandPool", "CommandSpec", "NOT_STARTED"]
 
 NOT_STARTED = "cancelled before it started"
 _ONE = (1).to_bytes(8, "little")
+
+
+class CommandSpec:
+    def __init__(self, engine: Any, pre: Any, max_stdout: int, max_stderr: int, memory_limit: int,
+                 fuel: Optional[int], deadline_callback: int, argv: Sequence[str] = (),
+                 env: Sequence[tuple[str, str]] = (), preopens: Sequence[tuple[str, str, bool]] = ()) -> None:
+        try:
+            check_env_args(engine, pre, b"", max_stdout, max_stderr, memory_limit, fuel, 0, deadline_callback,
+                           argv, env, preopens)
+        except BaseException as exc:
+            _describe(exc, 0, "setup")
+            raise
+        self._args = (engine, pre, max_stdout, max_stderr, memory_limit, fuel, deadline_callback, argv, env, preopens)
+
+    def job(self, stdin: Any, watch_key: int, context: Any = None) -> "CommandJob":
+        engine, pre, max_stdout, max_stderr, memory_limit, fuel, deadline_callback, argv, env, preopens = self._args
+        return CommandJob(engine, pre, stdin, max_stdout, max_stderr, memory_limit, fuel, watch_key,
+                          deadline_callback, argv, env, preopens, context)
 
 
 class CommandJob:
@@ -206,7 +233,7 @@ class CommandPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: CommandJob) -> None:
+    def submit(self, job: CommandJob, wake: bool = True) -> None:
         if not isinstance(job, CommandJob):
             raise TypeError(f"expected a CommandJob, got {type(job).__name__}")
         if job._queued:
@@ -218,7 +245,12 @@ class CommandPool:
         job._queued = True
         with self._lock:
             self._pending.append(job)
-            self._wake.notify()
+            if wake:
+                self._wake.notify()
+
+    def wake(self) -> None:
+        with self._lock:
+            self._wake.notify(len(self._pending))
 
     def completed(self) -> list[CommandJob]:
         try:

@@ -1,15 +1,20 @@
 """``command`` tasks: a fresh WASI environment per execution.
 
 Input is the guest's stdin, stdout is the output, stderr becomes log lines, the
-exit code is the status.  ``fastpath.run_command_env`` creates the store, sets
-its limits and the watchdog's deadline callback, configures WASI, instantiates,
-runs ``_start``, reads the outputs and deletes the store in one call with the
-GIL released throughout, so a worker thread hands the GIL to the event loop
-once per execution rather than once per wasmtime call or system call.  Stdin is served from memory; stdout and stderr go through files
-(``stdout_custom`` callbacks were unreliable in wasmtime-py), two per worker
-thread, reused, so an execution costs no directory churn.  The watchdog checks
-the stdout file's size at every tick, so a guest that floods its output is
-stopped close to its limit instead of filling the disk.
+exit code is the status.  The coordinator runs command executions on a
+``CommandRunner``: a ``fastpath.CommandPool`` whose workers create the store,
+set its limits and the watchdog's deadline callback, configure WASI,
+instantiate, run ``_start``, read the outputs and delete the store without
+ever taking the GIL, and hand finished executions back to the event loop in
+batches.  What every execution of a task shares (limits, argv, environment,
+preopens) is converted once per task into a ``fastpath.CommandSpec``.
+
+Stdin is served from memory; stdout and stderr go through files (the C API's
+custom stdio callbacks were unreliable through wasmtime-py), two per worker,
+reused, so an execution costs no directory churn.  The watchdog checks the
+stdout file's size at every tick, so a guest that floods its output is
+stopped close to its limit instead of filling the disk.  ``run_command`` runs
+one execution in the calling thread, for ``wasmyard.invoke``.
 """
 from __future__ import annotations
 
@@ -127,11 +132,13 @@ def _outcome(task: CompiledTask, sink: host.Sink, watch: watchdog.Watch, result:
     return Outcome(output, error, sink, exit_code)
 
 
-def _job_args(task: CompiledTask, data: bytes, watch: watchdog.Watch) -> tuple:
+def _job_args(task: CompiledTask, data: bytes, watch: watchdog.Watch | None) -> tuple:
+    """``run_command_env``'s arguments but the output files, for one execution of ``task``."""
     manifest = task.manifest
     limits = manifest.limits
     return (task.engine, task.pre, data, limits.max_output_bytes, MAX_STDERR_BYTES, limits.memory_bytes,
-            limits.fuel, watch.key, watchdog.CALLBACK_ADDRESS, (manifest.name,), manifest.permissions.env,
+            limits.fuel, watch.key if watch is not None else 0, watchdog.CALLBACK_ADDRESS, (manifest.name,),
+            manifest.permissions.env,
             [(grant.host, grant.guest, grant.mode == "rw") for grant in manifest.permissions.dirs])
 
 
@@ -193,8 +200,10 @@ class CommandRunner:
             host.enter, host.leave,
         )
         self._jobs: dict[Any, tuple[CompiledTask, host.Sink, watchdog.Watch, Any]] = {}
+        self._specs: dict[CompiledTask, Any] = {}  # fastpath.CommandSpec by task, made at its first run
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[asyncio.Future[None]] = []
+        self._wake_due = False
 
     def __len__(self) -> int:
         """Executions submitted and not yet handed to ``on_done``."""
@@ -206,17 +215,33 @@ class CommandRunner:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._notify, self._drain)
+        spec = self._specs.get(task)
+        if spec is None:
+            engine, pre, _, *limits, _, deadline_callback, argv, env, preopens = _job_args(task, b"", None)
+            spec = self._specs[task] = fastpath.CommandSpec(engine, pre, *limits, deadline_callback, argv, env,
+                                                            preopens)
         watch = watchdog.new_watch()
         try:
-            job = fastpath.CommandJob(*_job_args(task, data, watch), context=sink if task.uses_host else None)
+            job = spec.job(data, watch.key, sink if task.uses_host else None)
             watch.arm_at_first_tick(task.manifest.limits.timeout_s, job.stdout_over_limit)
             on_watch(watch)
-            self._pool.submit(job)
+            self._pool.submit(job, False)
         except BaseException:
             watch.close()
             raise
         self._jobs[job] = (task, sink, watch, token)
+        if not self._wake_due:  # one wake-up for every job submitted in this turn of the loop
+            self._wake_due = True
+            self._loop.call_soon(self._wake)
         return job
+
+    def forget(self, task: CompiledTask) -> None:
+        """``task`` was replaced or removed: drop what was prepared for it."""
+        self._specs.pop(task, None)
+
+    def _wake(self) -> None:
+        self._wake_due = False
+        self._pool.wake()
 
     def _drain(self) -> None:
         for job in self._pool.completed():

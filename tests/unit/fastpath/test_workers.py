@@ -1,4 +1,4 @@
-"""``CommandJob`` / ``CommandPool`` (fastpath "workers"): command executions on a
+"""``CommandSpec`` / ``CommandJob`` / ``CommandPool`` (fastpath "workers"): command executions on a
 pool of worker threads, both twins.
 
 Holds the twins to ``_workers_py``'s contract: a job's ``result()`` is what
@@ -213,6 +213,61 @@ def test_two_workers_run_many_jobs_as_run_command_env_does(twin: ModuleType, har
         assert expected == ("ok", (0, data, STDERR_LINE, False))
         assert job.started and outcome(job.result) == expected
         assert isinstance(job.run_s, float) and job.run_s > 0
+
+
+def spec_of(twin: ModuleType, args: dict[str, Any]) -> Any:
+    """The ``CommandSpec`` of ``CommandJob`` arguments (all but stdin and watch_key)."""
+    shared = {k: v for k, v in args.items() if k not in ("stdin", "watch_key")}
+    return twin.CommandSpec(**shared)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_jobs_of_a_spec_run_as_jobs_made_whole(twin: ModuleType, harness: Harness) -> None:
+    """spec.job(stdin, watch_key) is CommandJob(...) with the same arguments;
+    its jobs share the spec's converted arguments and keep the spec alive."""
+    pre = prepared(command_wasm("echo"), twin)
+    args = job_args(pre, max_stdout=20, max_stderr=4)
+    spec = spec_of(twin, args)
+    inputs = [b"", b"short", b"x" * 50, bytearray(b"from a bytearray"), memoryview(b"from a view")]
+    jobs = [spec.job(data, 0) for data in inputs]
+    del spec
+    gc.collect()
+    pool = harness.pool(twin, workers=2)
+    for job in jobs:
+        pool.submit(job)
+    harness.drain(pool, len(jobs))
+    for job, data in zip(jobs, inputs):
+        expected = harness.direct(twin, **{**args, "stdin": data})
+        assert expected[0] == "ok" and outcome(job.result) == expected
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_jobs_submitted_without_waking_run_at_the_next_wake(twin: ModuleType, harness: Harness) -> None:
+    pre = prepared(command_wasm("echo"), twin)
+    spec = spec_of(twin, job_args(pre))
+    pool = harness.pool(twin, workers=2)
+    for burst in range(3):
+        jobs = [spec.job(b"burst %d job %d" % (burst, i), 0) for i in range(5)]
+        for job in jobs:
+            pool.submit(job, wake=False)
+        pool.wake()
+        assert harness.drain(pool, len(jobs)) is not None
+        assert [job.result()[1] for job in jobs] == [b"burst %d job %d" % (burst, i) for i in range(5)]
+
+
+BAD_SPEC_JOBS = [("stdin", "text"), ("stdin", None), ("watch_key", -1), ("watch_key", 1 << 64), ("watch_key", "1")]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_SPEC_JOBS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD_SPEC_JOBS)])
+def test_a_specs_job_refuses_what_command_job_refuses(name: str, value: Any) -> None:
+    results = []
+    for twin in ALL_TWINS:
+        args = {**job_args(prepared(command_wasm("echo"), twin)), name: value}
+        got = outcome(spec_of(twin, args).job, args["stdin"], args["watch_key"])
+        assert got == outcome(twin.CommandJob, **args)
+        results.append(got)
+    got = agree(results)
+    assert got[1] in (TypeError, ValueError) and got[4:] == (0, "setup")
 
 
 OUTCOMES: dict[str, tuple[str, dict[str, Any], Callable[[tuple], bool]]] = {
@@ -632,6 +687,8 @@ def test_bad_job_arguments_are_refused_as_run_command_env_refuses_them(harness: 
         args = {**job_args(prepared(command_wasm("echo"), twin)), name: value}
         got = outcome(twin.CommandJob, **args)
         assert got == harness.direct(twin, **args)
+        if name != "stdin":  # a spec takes everything but the input (and the watch key)
+            assert outcome(spec_of, twin, args) == got
         results.append(got)
     got = agree(results)
     assert got[1] in (TypeError, ValueError) and got[4:] == (0, "setup")
