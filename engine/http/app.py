@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 from importlib import resources
-from functools import partial
 from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
@@ -22,7 +21,7 @@ from ..events.flow import EventFlow
 from ..execution import Execution
 from ..manifest import decode_manifest, manifest_from_dict
 from .body import json_response, parse_json, read_body
-from .errors import error_middleware, error_response
+from .errors import error_middleware, error_response, failure_response
 from .events import add_event_routes
 from .shadows import add_shadow_routes
 
@@ -192,9 +191,12 @@ def request_handler(app: web.Application) -> Callable[[web.BaseRequest], Awaitab
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         name = invoked_task(request.method, request.raw_path)
-        if name is not None:
-            return await error_middleware(request, partial(invoke, name=name))  # type: ignore[arg-type]
-        return await handle(request)  # type: ignore[arg-type]
+        if name is None:
+            return await handle(request)  # type: ignore[arg-type]
+        try:
+            return await invoke(request, name)  # type: ignore[arg-type]
+        except Exception as exc:  # as error_middleware does for the routed path
+            return failure_response(request, exc)
 
     return dispatch
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..errors import HostError, Overloaded, WasmyardError, http_status
 
-__all__ = ["error_response", "error_middleware"]
+__all__ = ["error_response", "error_middleware", "failure_response"]
 
 log = logging.getLogger("wasmyard.http")
 
@@ -38,11 +38,17 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except WasmyardError as exc:
+    except Exception as exc:
+        return failure_response(request, exc)
+
+
+def failure_response(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
+    """The response for what a handler raised; re-raises what is not a failure (a redirect)."""
+    if isinstance(exc, WasmyardError):
         return error_response(exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _AIOHTTP_CODES.get(exc.status, "http_error")
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 404:
@@ -52,6 +58,5 @@ async def error_middleware(
             body=orjson.dumps({"error": {"code": code, "message": message}}),
             content_type="application/json",
         )
-    except Exception:
-        log.exception("unhandled error method=%s path=%s", request.method, request.path)
-        return error_response(HostError("internal error; see the hub's log"))
+    log.error("unhandled error method=%s path=%s", request.method, request.path, exc_info=exc)
+    return error_response(HostError("internal error; see the hub's log"))
