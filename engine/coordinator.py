@@ -103,6 +103,8 @@ class Coordinator:
         self._commands = CommandRunner(self.settings.worker_threads, self._command_finished)
         self._running: set[Future[Outcome]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._settling: list[tuple[Execution, Outcome, float]] = []  # finished, not yet accounted
+        self._settle_due = False
         self._closed = False
         self._pumping = False
         #: Called on the loop thread with (execution, outcome) when an execution ran to its end.
@@ -193,9 +195,12 @@ class Coordinator:
         return execution
 
     async def invoke(self, name: str, data: bytes, priority: int | None = None) -> Execution:
+        """Submit and wait for the end, accounting included (metrics, history, hooks)."""
         execution = self.submit(name, data, priority)
         if not execution.done:
             await execution.wait()
+        if self._settling:
+            self.settle()
         return execution
 
     def get(self, execution_id: str) -> Execution:
@@ -330,32 +335,61 @@ class Coordinator:
         return 0, outcome.output
 
     def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
+        """End an execution: what its caller and the scheduler need now; the
+        rest (metrics, history accounting, finished hooks) once per turn of
+        the event loop, in ``settle``.
+
+        Why two steps: under load, one turn of the loop finishes many
+        executions, each between two HTTP requests that evict the caches.
+        Accounting them one by one finds the metrics, the history and the
+        routing table cold every time; accounting them together finds them
+        warm (``bench/http_ratio.py`` shows the difference).  Nothing is
+        lost or reordered: ``settle`` runs before the loop takes new I/O.
+        """
         finished = execution.finished_ns = time.perf_counter_ns()
         duration_s = (finished - execution.started_ns) / 1e9
         error = outcome.error
+        # Now, not in settle: a handler that timed out inline must leave the loop before the next submit.
         self.scheduler.record(entry.slot, outcome.run_s or duration_s, isinstance(error, TaskTimedOut))
         execution.output = outcome.output
         if error is None:
             execution.transition(S.SUCCEEDED)
-            state = "succeeded"
         else:
             execution.error = error
             execution.transition(_state_for(error))
-            state = execution.state.value
         if outcome.sink is not None:
             execution.logs = outcome.logs
         execution.exit_code = outcome.exit_code
-        self.metrics.execution_finished(execution.task, state, duration_s)
-        self.history.finished(execution)
         self.scheduler.release(entry.slot)
         execution.notify()
-        for hook in self.finished_hooks:
+        self._settling.append((execution, outcome, duration_s))
+        if not self._settle_due:
+            self._settle_due = True
             try:
-                hook(execution, outcome)
-            except Exception:  # a hook's bug must not stop the scheduler
-                log.exception("finished hook failed task=%s id=%s", execution.task, execution.id)
+                loop = self._loop or asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a tool driving the coordinator directly): settle now
+                self.settle()
+            else:
+                self._loop = loop
+                loop.call_soon(self.settle)
         if self.scheduler.queue:
             self._pump()
+
+    def settle(self) -> None:
+        """Account every execution that finished since the last call (see ``_finish``)."""
+        self._settle_due = False
+        batch, self._settling = self._settling, []
+        metrics = self.metrics
+        history = self.history
+        hooks = self.finished_hooks
+        for execution, outcome, duration_s in batch:
+            metrics.execution_finished(execution.task, execution.state.value, duration_s)
+            history.finished(execution)
+            for hook in hooks:
+                try:
+                    hook(execution, outcome)
+                except Exception:  # a hook's bug must not stop the scheduler
+                    log.exception("finished hook failed task=%s id=%s", execution.task, execution.id)
 
     def _finish_unstarted(self, execution: Execution, state: ExecutionState, reason: str) -> None:
         execution.transition(state)
@@ -399,14 +433,16 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
-        while self._running or self._commands or self.scheduler.depth:
+        while self._running or self._commands or self.scheduler.depth or self._settling:
             if self._running:
                 await asyncio.wait([asyncio.wrap_future(f) for f in list(self._running)])
             await self._commands.wait_idle()
             await asyncio.sleep(0)  # let the done-callbacks run; they start what is queued
+            self.settle()
             self._pump()
         self._executor.shutdown(wait=True)
         self._commands.close()
+        self.settle()
         for entry in self.tasks.values():
             if entry.pool is not None:
                 entry.pool.close()
