@@ -103,7 +103,7 @@ class Coordinator:
         self._commands = CommandRunner(self.settings.worker_threads, self._command_finished)
         self._running: set[Future[Outcome]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._settling: list[tuple[Execution, Outcome, float]] = []  # finished, not yet accounted
+        self._settling: list[tuple[Execution, Outcome, float, bool]] = []  # finished, not yet accounted
         self._settle_due = False
         self._closed = False
         self._pumping = False
@@ -182,8 +182,7 @@ class Coordinator:
                                   f"{entry.manifest.limits.max_input_kib} KiB")
         execution = Execution(name, data, entry.priority if priority is None else priority, hops)
         if self.scheduler.try_start_now(entry.slot):
-            self.history.add(execution)
-            self._start(entry, execution)
+            self._start(entry, execution, recorded=False)
             return execution
         try:
             execution.entry_id = self.scheduler.enqueue(execution, execution.priority)
@@ -204,6 +203,8 @@ class Coordinator:
         return execution
 
     def get(self, execution_id: str) -> Execution:
+        if self._settling:  # an inline execution enters the history when it is accounted
+            self.settle()
         execution = self.history.get(execution_id)
         if execution is None:
             raise UnknownExecution(execution_id)
@@ -227,12 +228,15 @@ class Coordinator:
 
     # -- running ------------------------------------------------------------
 
-    def _start(self, entry: TaskEntry, execution: Execution) -> None:
+    def _start(self, entry: TaskEntry, execution: Execution, recorded: bool = True) -> None:
+        """``recorded``: whether the history already has it (it has, if it was queued)."""
         execution.transition(S.RUNNING)
         execution.started_ns = time.perf_counter_ns()
         if self.scheduler.inline(entry.slot):
-            self._run_inline(entry, execution)
+            self._run_inline(entry, execution, recorded)
             return
+        if not recorded:
+            self.history.add(execution)
         if entry.pool is None:
             try:
                 execution.job = self._commands.start(entry.compiled, execution.input, Sink(self),
@@ -246,14 +250,16 @@ class Coordinator:
         self._loop = loop
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished_in_thread, f, entry, execution))
 
-    def _run_inline(self, entry: TaskEntry, execution: Execution) -> None:
+    def _run_inline(self, entry: TaskEntry, execution: Execution, recorded: bool) -> None:
         """A warm handler, on the event loop: the hot path, cut to the steps it needs.
 
         Nothing else runs on the loop meanwhile, so no cancel can arrive
         during the run: the instance's Watch only has to know whose run it is
         (a late cancel for an earlier one must not stop this one), and the
-        execution needs no handle on it.  ``run_s`` stays 0: ``_finish`` takes
-        the execution's own duration, inline the same thing measured once.
+        execution needs no handle on it, nor, if it was not queued, a place in
+        the history before ``settle`` (nothing can look it up before then).
+        ``run_s`` stays 0: ``_finish`` takes the execution's own duration,
+        inline the same thing measured once.
         """
         pool = entry.pool
         assert pool is not None
@@ -265,7 +271,7 @@ class Coordinator:
             pool.release(instance, error is None or isinstance(error, (GuestError, OutputTooLarge)))
         except Exception as exc:
             outcome = self._host_failure(execution, exc)
-        self._finish(entry, execution, outcome)
+        self._finish(entry, execution, outcome, recorded)
 
     def _command_finished(self, token: tuple[TaskEntry, Execution], outcome: Outcome) -> None:
         entry, execution = token
@@ -334,7 +340,7 @@ class Coordinator:
             return host.INVOKE_FAILED, b""
         return 0, outcome.output
 
-    def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome) -> None:
+    def _finish(self, entry: TaskEntry, execution: Execution, outcome: Outcome, recorded: bool = True) -> None:
         """End an execution: what its caller and the scheduler need now; the
         rest (metrics, history accounting, finished hooks) once per turn of
         the event loop, in ``settle``.
@@ -362,7 +368,7 @@ class Coordinator:
         execution.exit_code = outcome.exit_code
         self.scheduler.release(entry.slot)
         execution.notify()
-        self._settling.append((execution, outcome, duration_s))
+        self._settling.append((execution, outcome, duration_s, recorded))
         if not self._settle_due:
             self._settle_due = True
             try:
@@ -382,8 +388,10 @@ class Coordinator:
         metrics = self.metrics
         history = self.history
         hooks = self.finished_hooks
-        for execution, outcome, duration_s in batch:
+        for execution, outcome, duration_s, recorded in batch:
             metrics.execution_finished(execution.task, execution.state.value, duration_s)
+            if not recorded:
+                history.add(execution)
             history.finished(execution)
             for hook in hooks:
                 try:

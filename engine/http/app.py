@@ -19,6 +19,7 @@ from ..coordinator import Coordinator
 from ..errors import BadRequest, InvalidManifest, NotFinished
 from ..events.flow import EventFlow
 from ..execution import Execution
+from ..lifecycle import ExecutionState
 from ..manifest import decode_manifest, manifest_from_dict
 from .body import json_response, parse_json, read_body
 from .errors import error_middleware, error_response, failure_response
@@ -34,7 +35,9 @@ OPENAPI = resources.files("engine.http").joinpath("openapi.json").read_bytes()
 
 
 def _execution_headers(ex: Execution) -> dict[str, str]:
-    headers = {"X-Wasmyard-Execution-Id": ex.id, "X-Wasmyard-Status": ex.state.value}
+    state = ex.state
+    headers = {"X-Wasmyard-Execution-Id": ex.id,
+               "X-Wasmyard-Status": "succeeded" if state is ExecutionState.SUCCEEDED else state.value}
     if ex.finished_ns and ex.started_ns:
         headers["X-Wasmyard-Duration-Ms"] = "%.3f" % ((ex.finished_ns - ex.started_ns) / 1e6)
     if ex.exit_code is not None:

@@ -273,3 +273,25 @@ async def exhaust_instances(co: Coordinator, warm: bool) -> None:
     assert (await co.invoke("b", b"x")).state is S.SUCCEEDED
     assert (await co.invoke("fragile", b"")).state is S.FAILED  # trap: instance closed, slot free
     assert (await co.invoke("c", b"x")).state is S.SUCCEEDED  # c takes that slot
+
+
+def test_an_inline_execution_is_accounted_by_the_end_of_the_loop_turn(rt: WasmRuntime, tmp_path: Path) -> None:
+    """A warm handler runs inline and its caller has the result at once; the
+    metrics, the history and the finished hooks get it before the loop takes
+    new work, and a lookup by id finds it even before that."""
+    async def scenario(co: Coordinator) -> None:
+        add(co, "h", "handler", handler_wasm("echo"))
+        for _ in range(5):  # warm up: placement then runs it inline
+            await co.invoke("h", b"warm")
+        seen: list[str] = []
+        co.finished_hooks.append(lambda ex, outcome: seen.append(ex.id))
+        before = co.metrics.executions.get(("h", "succeeded"), 0)
+        runs = [co.submit("h", b"%d" % i) for i in range(3)]
+        assert all(ex.state is S.SUCCEEDED and ex.output == b"%d" % i for i, ex in enumerate(runs))
+        assert co.get(runs[1].id) is runs[1]
+        await asyncio.sleep(0)
+        assert seen == [ex.id for ex in runs]  # once each, in the order they finished
+        assert co.metrics.executions[("h", "succeeded")] == before + 3
+        assert all(co.history.get(ex.id) is ex and ex.input == b"" for ex in runs)
+
+    on_hub(rt, tmp_path, scenario)
