@@ -105,6 +105,9 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._settling: list[tuple[Execution, Outcome, float, bool]] = []  # finished, not yet accounted
         self._settle_due = False
+        # Inline runs never overlap (they run on the loop, one at a time), so
+        # they share one Sink and hand over what a run left only when it left something.
+        self._inline_sink = Sink(self)
         self._closed = False
         self._pumping = False
         #: Called on the loop thread with (execution, outcome) when an execution ran to its end.
@@ -263,14 +266,17 @@ class Coordinator:
         """
         pool = entry.pool
         assert pool is not None
+        sink = self._inline_sink if entry.compiled.uses_host else None
         try:
             instance = pool.acquire()
             instance.watch.owner = execution.id
-            outcome = instance.invoke(execution.input, Sink(self) if entry.compiled.uses_host else None)
+            outcome = instance.invoke(execution.input, sink)
             error = outcome.error
             pool.release(instance, error is None or isinstance(error, (GuestError, OutputTooLarge)))
         except Exception as exc:
             outcome = self._host_failure(execution, exc)
+        if sink is not None:
+            outcome.sink = sink.handed_over()
         self._finish(entry, execution, outcome, recorded)
 
     def _command_finished(self, token: tuple[TaskEntry, Execution], outcome: Outcome) -> None:

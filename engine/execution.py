@@ -32,7 +32,7 @@ class Execution:
     )
 
     def __init__(self, task: str, data: bytes, priority: int, hops: int = 0) -> None:
-        self.id = new_execution_id()
+        self.id = f"{_BOOT}-{next(_counter):08x}"  # new_execution_id(), inlined: once per execution
         self.task = task
         self.state = ExecutionState.QUEUED
         self.input = data

@@ -65,8 +65,13 @@ class Handlers:
         return await self.invoke_task(request, request.match_info["name"])
 
     async def invoke_task(self, request: web.Request, name: str) -> web.StreamResponse:
-        data = await read_body(request, self.max_body)
-        mode = request.query.get("mode", "sync") if request.query_string else "sync"
+        length = request.content_length
+        if length is not None and length <= self.max_body:
+            data = await request.read()  # read_body's common case, without its coroutine
+        else:
+            data = await read_body(request, self.max_body)
+        has_query = "?" in request.raw_path  # no URL parsing for the common case
+        mode = request.query.get("mode", "sync") if has_query else "sync"
         if mode == "async":
             ex = self.co.submit(name, data, _priority(request))
             return json_response(
@@ -76,7 +81,7 @@ class Handlers:
             )
         if mode != "sync":
             raise BadRequest(f"mode must be 'sync' or 'async', got {mode!r}")
-        ex = self.co.submit(name, data, _priority(request) if request.query_string else None)
+        ex = self.co.submit(name, data, _priority(request) if has_query else None)
         if not ex.finished_ns:  # a warm handler has already run inline
             await ex.wait()
         if ex.error is not None:

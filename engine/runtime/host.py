@@ -81,6 +81,20 @@ class Sink:
         self.published.append((topic, payload))
         return PUBLISH_OK
 
+    def handed_over(self) -> "Sink | None":
+        """For a Sink reused run after run: what this run left, in a Sink of
+        its own, and this one emptied; None when it left nothing (the common
+        case, which then costs no allocation)."""
+        if not (self.logs or self.published or self.dropped_logs or self.dropped_publishes):
+            return None
+        taken = Sink(self.invoker, self.depth)
+        taken.logs, taken.log_bytes, taken.dropped_logs = self.logs, self.log_bytes, self.dropped_logs
+        taken.published, taken.publish_bytes = self.published, self.publish_bytes
+        taken.dropped_publishes = self.dropped_publishes
+        self.logs, self.published = [], []
+        self.log_bytes = self.dropped_logs = self.publish_bytes = self.dropped_publishes = 0
+        return taken
+
     def absorb(self, child: "Sink") -> None:
         """Take over what a nested execution published, within this one's budget."""
         for topic, payload in child.published:

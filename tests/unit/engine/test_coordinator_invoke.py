@@ -295,3 +295,23 @@ def test_an_inline_execution_is_accounted_by_the_end_of_the_loop_turn(rt: WasmRu
         assert all(co.history.get(ex.id) is ex and ex.input == b"" for ex in runs)
 
     on_hub(rt, tmp_path, scenario)
+
+
+def test_inline_runs_keep_their_own_logs_and_events(rt: WasmRuntime, tmp_path: Path) -> None:
+    """Inline runs share one Sink; each execution still gets exactly what it logged and published."""
+    async def scenario(co: Coordinator) -> None:
+        add(co, "logs", "handler", handler_wasm("log", log_text="a line"))
+        add(co, "quiet", "handler", handler_wasm("echo"))
+        add(co, "pub", "handler", handler_wasm("publish"))
+        for _ in range(5):  # warm up: placement then runs them inline
+            for name in ("logs", "quiet", "pub"):
+                await co.invoke(name, b"warm")
+        published: list[tuple[str, list[tuple[str, bytes]]]] = []
+        co.finished_hooks.append(lambda ex, outcome: published.append((ex.task, list(outcome.published))))
+        runs = [co.submit(name, b"x%d" % i) for i in range(2) for name in ("logs", "quiet", "pub")]
+        await asyncio.sleep(0)
+        assert [list(ex.logs) for ex in runs] == [[("info", "a line")], [], []] * 2
+        assert published == [("logs", []), ("quiet", []), ("pub", [("guest/out", b"x0")]),
+                             ("logs", []), ("quiet", []), ("pub", [("guest/out", b"x1")])]
+
+    on_hub(rt, tmp_path, scenario)
