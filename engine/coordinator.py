@@ -39,10 +39,12 @@ from .runtime import CommandRunner, CompiledTask, InstancePool, Outcome, WasmRun
 from .runtime.host import Sink
 from .scheduler import Scheduler
 
-__all__ = ["Coordinator", "TaskEntry", "MAX_INVOKE_DEPTH"]
+__all__ = ["Coordinator", "TaskEntry", "MAX_INVOKE_DEPTH", "SETTLE_AT_MOST"]
 
 MAX_INVOKE_DEPTH = 4
 """How deep ``wasmyard.invoke`` may nest (a task invoking a task invoking …)."""
+SETTLE_AT_MOST = 1024
+"""Finished executions waiting to be accounted before ``settle`` runs regardless of the loop."""
 
 log = logging.getLogger("wasmyard.coordinator")
 S = ExecutionState
@@ -374,8 +376,11 @@ class Coordinator:
         execution.exit_code = outcome.exit_code
         self.scheduler.release(entry.slot)
         execution.notify()
-        self._settling.append((execution, outcome, duration_s, recorded))
-        if not self._settle_due:
+        settling = self._settling
+        settling.append((execution, outcome, duration_s, recorded))
+        if len(settling) >= SETTLE_AT_MOST:  # a caller submitting in a loop without yielding
+            self.settle()
+        elif not self._settle_due:
             self._settle_due = True
             try:
                 loop = self._loop or asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from guests import command_wasm, handler_wasm
 from hubtools import add, on_hub
 
 from engine.config import HubSettings
-from engine.coordinator import Coordinator
+from engine.coordinator import SETTLE_AT_MOST, Coordinator
 from engine.errors import (
     HostError,
     PayloadTooLarge,
@@ -313,5 +313,22 @@ def test_inline_runs_keep_their_own_logs_and_events(rt: WasmRuntime, tmp_path: P
         assert [list(ex.logs) for ex in runs] == [[("info", "a line")], [], []] * 2
         assert published == [("logs", []), ("quiet", []), ("pub", [("guest/out", b"x0")]),
                              ("logs", []), ("quiet", []), ("pub", [("guest/out", b"x1")])]
+
+    on_hub(rt, tmp_path, scenario)
+
+
+def test_a_caller_that_never_yields_does_not_pile_up_unaccounted_executions(rt: WasmRuntime,
+                                                                           tmp_path: Path) -> None:
+    async def scenario(co: Coordinator) -> None:
+        add(co, "h", "handler", handler_wasm("echo"))
+        for _ in range(5):
+            await co.invoke("h", b"warm")
+        before = co.metrics.executions.get(("h", "succeeded"), 0)
+        runs = [co.submit("h", b"x") for _ in range(SETTLE_AT_MOST + 10)]
+        assert all(ex.done for ex in runs)
+        # no await since: accounting ran on its own once SETTLE_AT_MOST were waiting
+        assert co.metrics.executions[("h", "succeeded")] == before + SETTLE_AT_MOST
+        await asyncio.sleep(0)
+        assert co.metrics.executions[("h", "succeeded")] == before + SETTLE_AT_MOST + 10
 
     on_hub(rt, tmp_path, scenario)
