@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .resources import ResourceManager, TaskSlot
 from .runtime import CommandRunner, CompiledTask, InstancePool, Outcome, WasmRuntime, host, run_command
 from .runtime.host import Sink
-from .scheduler import Scheduler
+from .scheduler import INLINE, Scheduler
 
 __all__ = ["Coordinator", "TaskEntry", "MAX_INVOKE_DEPTH", "SETTLE_AT_MOST"]
 
@@ -186,8 +186,9 @@ class Coordinator:
             raise PayloadTooLarge(f"input of {len(data)} bytes is over task {name!r}'s limit of "
                                   f"{entry.manifest.limits.max_input_kib} KiB")
         execution = Execution(name, data, entry.priority if priority is None else priority, hops)
-        if self.scheduler.try_start_now(entry.slot):
-            self._start(entry, execution, recorded=False)
+        where = self.scheduler.start_now(entry.slot)
+        if where:
+            self._start(entry, execution, where == INLINE, recorded=False)
             return execution
         try:
             execution.entry_id = self.scheduler.enqueue(execution, execution.priority)
@@ -233,11 +234,15 @@ class Coordinator:
 
     # -- running ------------------------------------------------------------
 
-    def _start(self, entry: TaskEntry, execution: Execution, recorded: bool = True) -> None:
-        """``recorded``: whether the history already has it (it has, if it was queued)."""
-        execution.transition(S.RUNNING)
+    def _start(self, entry: TaskEntry, execution: Execution, inline: bool, recorded: bool = True) -> None:
+        """Run a granted execution where the scheduler placed it.  ``recorded``:
+        whether the history already has it (it has, if it was queued)."""
+        if execution.state is S.QUEUED:  # the only state a start comes from: transition(), inlined
+            execution.state = S.RUNNING
+        else:
+            execution.transition(S.RUNNING)
         execution.started_ns = time.perf_counter_ns()
-        if self.scheduler.inline(entry.slot):
+        if inline:
             self._run_inline(entry, execution, recorded)
             return
         if not recorded:
@@ -363,10 +368,10 @@ class Coordinator:
         finished = execution.finished_ns = time.perf_counter_ns()
         duration_s = (finished - execution.started_ns) / 1e9
         error = outcome.error
-        # Now, not in settle: a handler that timed out inline must leave the loop before the next submit.
-        self.scheduler.record(entry.slot, outcome.run_s or duration_s, isinstance(error, TaskTimedOut))
         execution.output = outcome.output
-        if error is None:
+        if error is None and execution.state is S.RUNNING:  # transition(), inlined: the common end
+            execution.state = S.SUCCEEDED
+        elif error is None:
             execution.transition(S.SUCCEEDED)
         else:
             execution.error = error
@@ -374,7 +379,9 @@ class Coordinator:
         if outcome.sink is not None:
             execution.logs = outcome.logs
         execution.exit_code = outcome.exit_code
-        self.scheduler.release(entry.slot)
+        # Placement statistics now, not in settle: a handler that timed out
+        # inline must leave the loop before the next submit.
+        self.scheduler.finished(entry.slot, outcome.run_s or duration_s, isinstance(error, TaskTimedOut))
         execution.notify()
         settling = self._settling
         settling.append((execution, outcome, duration_s, recorded))
@@ -433,7 +440,8 @@ class Coordinator:
                 execution = self.scheduler.next_ready(self._slot_for)
                 if execution is None:
                     return
-                self._start(tasks[execution.task], execution)
+                entry = tasks[execution.task]
+                self._start(entry, execution, self.scheduler.inline(entry.slot))
         finally:
             self._pumping = False
 

@@ -22,11 +22,12 @@ import fastpath
 from .errors import QueueFull
 from .resources import ResourceManager, TaskSlot
 
-__all__ = ["Scheduler", "WARMUP_RUNS", "EWMA_ALPHA", "SAMPLE_CAP"]
+__all__ = ["Scheduler", "WARMUP_RUNS", "EWMA_ALPHA", "SAMPLE_CAP", "QUEUE", "ON_WORKER", "INLINE"]
 
 WARMUP_RUNS = 3
 EWMA_ALPHA = 0.1
 SAMPLE_CAP = 4  # a sample counts for at most this many inline thresholds
+QUEUE, ON_WORKER, INLINE = 0, 1, 2  # what start_now decided
 
 
 class Scheduler:
@@ -48,6 +49,15 @@ class Scheduler:
         """Skip the queue when nothing waits and a grant is free (the common case).
         Otherwise the caller enqueues and pumps, and the order decides."""
         return not self.queue and not self._parked_count and self.resources.try_acquire(slot)
+
+    def start_now(self, slot: TaskSlot) -> int:
+        """``try_start_now`` and then ``inline``, in one call (the submit path
+        asks both every time): QUEUE, ON_WORKER or INLINE."""
+        if self.queue or self._parked_count or not self.resources.try_acquire(slot):
+            return QUEUE
+        if slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s:  # inline()
+            return INLINE
+        return ON_WORKER
 
     def enqueue(self, item: Any, priority: int) -> int:
         if self.depth >= self.max_queue:
@@ -118,6 +128,13 @@ class Scheduler:
 
     def inline(self, slot: TaskSlot) -> bool:
         return slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s
+
+    def finished(self, slot: TaskSlot, duration_s: float, timed_out: bool) -> None:
+        """``record`` then ``release``: an execution of ``slot``'s task ended."""
+        self.record(slot, duration_s, timed_out)
+        self.resources.release(slot)
+        if self._parked:
+            self._unpark_one(slot.name)
 
     def record(self, slot: TaskSlot, duration_s: float, timed_out: bool = False) -> None:
         """Fold one execution's run time into the task's moving average.

@@ -5,7 +5,7 @@ import pytest
 
 from engine.manifest import parse_manifest
 from engine.resources import ResourceManager, TaskSlot
-from engine.scheduler import EWMA_ALPHA, SAMPLE_CAP, WARMUP_RUNS, Scheduler
+from engine.scheduler import EWMA_ALPHA, INLINE, ON_WORKER, QUEUE, SAMPLE_CAP, WARMUP_RUNS, Scheduler
 
 THRESHOLD = 0.0005
 FAST = 0.00005
@@ -125,3 +125,25 @@ def test_threshold_is_strict() -> None:
     for _ in range(WARMUP_RUNS):
         sched.record(s, THRESHOLD)
     assert sched.inline(s) is False
+
+
+@pytest.mark.parametrize("kind", ["handler", "command"])
+@pytest.mark.parametrize("durations", [[FAST] * 6, [SLOW] * 6, [FAST, FAST, FAST, SLOW, FAST, FAST, FAST]])
+def test_start_now_and_finished_decide_as_their_parts(kind: str, durations: list[float]) -> None:
+    """start_now is try_start_now then inline; finished is record then release — the same decisions."""
+    fused, parts = scheduler(), scheduler()
+    fs, ps = slot(kind), slot(kind)
+    for i, duration in enumerate(durations):
+        if i == 4:  # something waits: neither may skip the queue
+            fused.enqueue("other", 0)
+            parts.enqueue("other", 0)
+        where = fused.start_now(fs)
+        granted = parts.try_start_now(ps)
+        expected = QUEUE if not granted else INLINE if parts.inline(ps) else ON_WORKER
+        assert where == expected
+        if granted:
+            fused.finished(fs, duration, False)
+            parts.record(ps, duration)
+            parts.release(ps)
+        assert (fs.runs, fs.ewma_s, fs.in_flight) == (ps.runs, ps.ewma_s, ps.in_flight)
+        assert (fused.resources.in_flight, fused.depth) == (parts.resources.in_flight, parts.depth)
