@@ -1,12 +1,13 @@
-"""``command`` executions on worker threads while the event loop is busy.
+"""``command`` executions on the worker pool while the event loop is busy.
 
     .venv/bin/python bench/command_ratio.py [--n 4000] [--quick]
 
-A command task gets a fresh execution environment per execution and always
-runs on the coordinator's thread pool.  Each call into wasmtime's C API
-through ctypes releases and re-takes the GIL; with the event loop thread
-competing for it, every hand-off is expensive, so the CPU an execution
-costs grows with the number of calls, not with the work done in wasm.
+A command task gets a fresh execution environment per execution and runs on
+the coordinator's ``fastpath.CommandPool``.  What an execution costs under
+load is mostly what happens around the wasm: every time a worker thread and
+the event loop thread hand the GIL to each other, both pay.  The compiled
+pool's workers never take the GIL; the pure twin's workers are ordinary
+Python threads, which is what the ratio shows.
 
 The coordinator runs in-process with 2 worker threads and the committed echo
 example; 16 coroutines ``await coordinator.invoke("echo", ...)`` in a loop, as

@@ -1,9 +1,11 @@
 """The coordinator: tasks, executions and the loop that runs them.
 
-Everything here runs on the event loop thread except ``_run``, which the
-scheduler sends either inline or to the worker pool.  The request path for a
-warm handler when nothing is queued is: look up the task, take a grant, run
-inline, record — no queue entry, no future, no thread hop.
+Everything here runs on the event loop thread except ``_run`` (a slow
+handler's execution, on the thread pool) and what the ``CommandRunner``'s
+workers do for commands.  The request path for a warm handler when nothing
+is queued is: look up the task, take a grant, run inline, end it — no queue
+entry, no future, no thread hop — and the accounting of everything that
+ended in this turn of the loop comes after, in one pass (``settle``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

@@ -45,17 +45,14 @@ class Scheduler:
     def depth(self) -> int:
         return len(self.queue) + self._parked_count
 
-    def try_start_now(self, slot: TaskSlot) -> bool:
-        """Skip the queue when nothing waits and a grant is free (the common case).
-        Otherwise the caller enqueues and pumps, and the order decides."""
-        return not self.queue and not self._parked_count and self.resources.try_acquire(slot)
-
     def start_now(self, slot: TaskSlot) -> int:
-        """``try_start_now`` and then ``inline``, in one call (the submit path
-        asks both every time): QUEUE, ON_WORKER or INLINE."""
+        """Skip the queue when nothing waits and a grant is free (the common
+        case), and say where to run: QUEUE (the caller enqueues and pumps, and
+        the order decides), ON_WORKER or INLINE — ``inline``'s answer, asked
+        here because the submit path needs both every time."""
         if self.queue or self._parked_count or not self.resources.try_acquire(slot):
             return QUEUE
-        if slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s:  # inline()
+        if slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s:
             return INLINE
         return ON_WORKER
 
@@ -95,12 +92,6 @@ class Scheduler:
                 del self._parked[task]
             self.queue.repush(item, -neg_priority, entry_id)
 
-    def release(self, slot: TaskSlot) -> None:
-        """An execution of ``slot``'s task ended: free its grant and unpark the task's best entry."""
-        self.resources.release(slot)
-        if self._parked:
-            self._unpark_one(slot.name)
-
     def remove(self, entry_id: int, task: str) -> bool:
         """Withdraw a waiting entry (a cancel); True if it was still waiting."""
         if self.queue.remove(entry_id):
@@ -130,7 +121,8 @@ class Scheduler:
         return slot.handler and slot.runs >= WARMUP_RUNS and slot.ewma_s < self.inline_threshold_s
 
     def finished(self, slot: TaskSlot, duration_s: float, timed_out: bool) -> None:
-        """``record`` then ``release``: an execution of ``slot``'s task ended."""
+        """An execution of ``slot``'s task ended: ``record`` it, free its grant
+        and unpark the task's best entry."""
         self.record(slot, duration_s, timed_out)
         self.resources.release(slot)
         if self._parked:

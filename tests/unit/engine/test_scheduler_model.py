@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from engine.manifest import parse_manifest
 from engine.resources import ResourceManager, TaskSlot
-from engine.scheduler import Scheduler
+from engine.scheduler import QUEUE, Scheduler
 
 TASKS = ("a", "b")
 
@@ -79,12 +79,12 @@ def run(global_cap: int, caps: dict[str, int], ops: list[tuple], priority_of: di
             task = step[1]
             if model.running[task] == 0:
                 continue
-            scheduler.release(slots[task])
+            scheduler.finished(slots[task], 0.0, False)
             model.running[task] -= 1
         elif kind == "start_now":
             task = step[1]
             want = not model.waiting and model.in_flight < global_cap and model.running[task] < caps[task]
-            assert scheduler.try_start_now(slots[task]) is want
+            assert (scheduler.start_now(slots[task]) != QUEUE) is want
             if want:
                 model.running[task] += 1
         elif kind == "remove":

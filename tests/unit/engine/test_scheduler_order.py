@@ -8,7 +8,7 @@ import pytest
 from engine.errors import Overloaded, QueueFull
 from engine.manifest import parse_manifest
 from engine.resources import ResourceManager, TaskSlot
-from engine.scheduler import Scheduler
+from engine.scheduler import QUEUE, Scheduler
 
 
 @dataclass(eq=False)
@@ -44,7 +44,7 @@ class Hub:
         assert self.resources.try_acquire(self.slots[task])
 
     def release(self, task: str) -> None:
-        self.scheduler.release(self.slots[task])
+        self.scheduler.finished(self.slots[task], 0.0, False)
 
     def drain(self) -> list[str]:
         out = []
@@ -93,13 +93,13 @@ def test_parked_entries_count_towards_the_queue_limit() -> None:
         hub.enqueue("t", "c")
 
 
-def test_try_start_now_only_when_nothing_waits() -> None:
+def test_start_now_only_when_nothing_waits() -> None:
     hub = Hub(t=1, u=5)
-    assert hub.scheduler.try_start_now(hub.slots["t"]) is True
+    assert hub.scheduler.start_now(hub.slots["t"]) != QUEUE
     assert hub.slots["t"].in_flight == 1 and hub.resources.in_flight == 1
-    assert hub.scheduler.try_start_now(hub.slots["t"]) is False  # at its cap
+    assert hub.scheduler.start_now(hub.slots["t"]) == QUEUE  # at its cap
     hub.enqueue("u", "queued")
-    assert hub.scheduler.try_start_now(hub.slots["u"]) is False  # would overtake "queued"
+    assert hub.scheduler.start_now(hub.slots["u"]) == QUEUE  # would overtake "queued"
     assert hub.slots["u"].in_flight == 0
 
 

@@ -129,21 +129,17 @@ def test_threshold_is_strict() -> None:
 
 @pytest.mark.parametrize("kind", ["handler", "command"])
 @pytest.mark.parametrize("durations", [[FAST] * 6, [SLOW] * 6, [FAST, FAST, FAST, SLOW, FAST, FAST, FAST]])
-def test_start_now_and_finished_decide_as_their_parts(kind: str, durations: list[float]) -> None:
-    """start_now is try_start_now then inline; finished is record then release — the same decisions."""
-    fused, parts = scheduler(), scheduler()
-    fs, ps = slot(kind), slot(kind)
+def test_start_now_places_as_inline_does_and_finished_records(kind: str, durations: list[float]) -> None:
+    """start_now grants and answers where inline() would; finished records as record() does."""
+    sched, s = scheduler(), slot(kind)
+    model, m = scheduler(), slot(kind)  # record() alone, for the statistics
     for i, duration in enumerate(durations):
-        if i == 4:  # something waits: neither may skip the queue
-            fused.enqueue("other", 0)
-            parts.enqueue("other", 0)
-        where = fused.start_now(fs)
-        granted = parts.try_start_now(ps)
-        expected = QUEUE if not granted else INLINE if parts.inline(ps) else ON_WORKER
-        assert where == expected
-        if granted:
-            fused.finished(fs, duration, False)
-            parts.record(ps, duration)
-            parts.release(ps)
-        assert (fs.runs, fs.ewma_s, fs.in_flight) == (ps.runs, ps.ewma_s, ps.in_flight)
-        assert (fused.resources.in_flight, fused.depth) == (parts.resources.in_flight, parts.depth)
+        if i == 4:  # something waits: nothing may skip the queue
+            sched.enqueue("other", 0)
+        expected = QUEUE if i >= 4 else INLINE if sched.inline(s) else ON_WORKER
+        assert sched.start_now(s) == expected
+        assert (s.in_flight, sched.resources.in_flight) == ((1, 1) if expected else (0, 0))
+        if expected:
+            sched.finished(s, duration, False)
+            model.record(m, duration)
+        assert (s.runs, s.ewma_s, s.in_flight, sched.resources.in_flight) == (m.runs, m.ewma_s, 0, 0)
