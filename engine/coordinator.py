@@ -100,6 +100,7 @@ class Coordinator:
         self.resources = ResourceManager(self.settings.max_in_flight, self.settings.memory_budget_mib)
         self.scheduler = Scheduler(self.resources, self.settings.max_queue, self.settings.inline_threshold_us / 1e6)
         self.metrics = Metrics()
+        self.metrics.before_read = self._settle_pending
         self.history = History(self.settings.history)
         self.tasks: dict[str, TaskEntry] = {}
         self._executor = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="wasmyard-exec")
@@ -205,13 +206,11 @@ class Coordinator:
         execution = self.submit(name, data, priority)
         if not execution.done:
             await execution.wait()
-        if self._settling:
-            self.settle()
+        self._settle_pending()
         return execution
 
     def get(self, execution_id: str) -> Execution:
-        if self._settling:  # an inline execution enters the history when it is accounted
-            self.settle()
+        self._settle_pending()  # an inline execution enters the history when it is accounted
         execution = self.history.get(execution_id)
         if execution is None:
             raise UnknownExecution(execution_id)
@@ -399,6 +398,10 @@ class Coordinator:
                 loop.call_soon(self.settle)
         if self.scheduler.queue:
             self._pump()
+
+    def _settle_pending(self) -> None:
+        if self._settling:
+            self.settle()
 
     def settle(self) -> None:
         """Account every execution that finished since the last call (see ``_finish``)."""

@@ -23,7 +23,7 @@ class Execution:
     __slots__ = (
         "id", "task", "state", "input", "output", "error", "logs", "exit_code", "priority",
         "entry_id", "created_ns", "started_ns", "finished_ns", "watch",
-        "cancel_requested", "hops", "job", "_future",
+        "cancel_requested", "hops", "job", "_waiters",
     )
 
     def __init__(self, task: str, data: bytes, priority: int, hops: int = 0) -> None:
@@ -45,7 +45,7 @@ class Execution:
         self.cancel_requested = False
         self.hops = hops  # events this execution publishes are one hop further
         self.job: Any = None  # a command's job while a worker pool holds it (cancel keeps it from starting)
-        self._future: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def set_watch(self, watch: Any) -> None:
         """Attach the running environment's Watch.  Called from the worker thread;
@@ -76,17 +76,29 @@ class Execution:
         return (self.finished_ns - self.started_ns) / 1e6
 
     async def wait(self) -> None:
-        """Wait until the execution reaches a terminal state."""
+        """Wait until the execution reaches a terminal state.
+
+        Each waiter has a future of its own: cancelling one waiter (a client
+        that went away) must not wake or cancel the others, and a future per
+        waiter is cheaper than shielding a shared one.
+        """
         if self.done:
             return
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._future)
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        await waiter
 
     def notify(self) -> None:
         """Wake waiters; called once, when the execution becomes terminal."""
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
+        waiters = self._waiters
+        if waiters is not None:
+            self._waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def to_dict(self) -> dict[str, Any]:
         queued_ms = (self.started_ns - self.created_ns) / 1e6 if self.started_ns else None

@@ -45,6 +45,8 @@ class Metrics:
         self.rejected: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.families: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
+        #: Called before the counters are read, to record what has finished but not been reported yet.
+        self.before_read: Callable[[], None] | None = None
 
     def execution_finished(self, task: str, state: str, duration_s: float | None) -> None:
         finished = self._finished
@@ -65,16 +67,21 @@ class Metrics:
                     hist = durations[task] = _Histogram()
                 hist.observe(duration_s)
 
+    def _read(self) -> None:
+        if self.before_read is not None:
+            self.before_read()
+        self._fold()
+
     @property
     def executions(self) -> dict[tuple[str, str], int]:
         """Finished executions by (task, state)."""
-        self._fold()
+        self._read()
         return self._executions
 
     @property
     def durations(self) -> dict[str, _Histogram]:
         """Execution durations by task."""
-        self._fold()
+        self._read()
         return self._durations
 
     def rejected_request(self, reason: str) -> None:

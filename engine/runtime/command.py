@@ -204,6 +204,7 @@ class CommandRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[asyncio.Future[None]] = []
         self._wake_due = False
+        self._spare_watches: list[watchdog.Watch] = []  # at most one per execution that ran at once
 
     def __len__(self) -> int:
         """Executions submitted and not yet handed to ``on_done``."""
@@ -220,7 +221,7 @@ class CommandRunner:
             engine, pre, _, *limits, _, deadline_callback, argv, env, preopens = _job_args(task, b"", None)
             spec = self._specs[task] = fastpath.CommandSpec(engine, pre, *limits, deadline_callback, argv, env,
                                                             preopens)
-        watch = watchdog.new_watch()
+        watch = self._spare_watches.pop() if self._spare_watches else watchdog.new_watch()
         try:
             job = spec.job(data, watch.key, sink if task.uses_host else None)
             watch.arm_at_first_tick(task.manifest.limits.timeout_s, job.stdout_over_limit)
@@ -255,7 +256,10 @@ class CommandRunner:
                 log.exception("command execution failed in the host task=%s", task.name)
                 outcome = Outcome(error=HostError(f"the hub could not run task {task.name!r}: {exc}"), sink=sink)
             finally:
-                watch.close()
+                # Kept for the next execution: a late cancel names this one
+                # (Watch.owner), so it can never stop the next.
+                watch.disarm()
+                self._spare_watches.append(watch)
             outcome.run_s = job.run_s
             self._on_done(token, outcome)
         if not self._jobs:
@@ -278,6 +282,8 @@ class CommandRunner:
             self._drain()
             self._loop.remove_reader(self._notify)
         os.close(self._notify)
+        while self._spare_watches:
+            self._spare_watches.pop().close()
         for scratch in self._scratch:
             _ALL_SCRATCH.remove(scratch)
             scratch.close()
