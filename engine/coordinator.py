@@ -363,7 +363,8 @@ class Coordinator:
         Accounting them one by one finds the metrics, the history and the
         routing table cold every time; accounting them together finds them
         warm (``bench/http_ratio.py`` shows the difference).  Nothing is
-        lost or reordered: ``settle`` runs before the loop takes new I/O.
+        lost or reordered: executions are accounted in the order they ended,
+        and reading the history or the metrics accounts what is pending first.
         """
         finished = execution.finished_ns = time.perf_counter_ns()
         duration_s = (finished - execution.started_ns) / 1e9
