@@ -415,12 +415,12 @@ class Coordinator:
             metrics.execution_finished(execution.task, execution.state.value, duration_s)
             if not recorded:
                 history.add(execution)
-            history.finished(execution)
             for hook in hooks:
                 try:
                     hook(execution, outcome)
                 except Exception:  # a hook's bug must not stop the scheduler
                     log.exception("finished hook failed task=%s id=%s", execution.task, execution.id)
+        history.finished_all(execution for execution, _, _, _ in batch)
 
     def _finish_unstarted(self, execution: Execution, state: ExecutionState, reason: str) -> None:
         execution.transition(state)

@@ -6,7 +6,7 @@ import itertools
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import WasmyardError
 from .lifecycle import TERMINAL, TRANSITIONS, ExecutionState, check_transition
@@ -134,8 +134,15 @@ class History:
 
     def finished(self, execution: Execution) -> None:
         """Account a terminal execution's output, then evict the oldest finished ones."""
-        execution.input = b""
-        self._bytes += len(execution.output)
+        self.finished_all((execution,))
+
+    def finished_all(self, executions: Iterable[Execution]) -> None:
+        """``finished`` for many at once: one eviction pass for the lot."""
+        added = 0
+        for execution in executions:
+            execution.input = b""
+            added += len(execution.output)
+        self._bytes += added
         items = self._items
         while len(items) > self.max_items or self._bytes > self.max_bytes:
             key, old = next(iter(items.items()))

@@ -262,3 +262,23 @@ def test_live_lists_unfinished_executions_of_one_task() -> None:
     assert h.live("a") == [a1, a2, running]
     assert h.live("b") == [b1]
     assert h.live("c") == []
+
+
+@pytest.mark.parametrize("max_items, max_bytes", [(3, 1 << 20), (100, 10), (2, 4)])
+def test_finishing_many_at_once_keeps_what_finishing_one_by_one_keeps(max_items: int, max_bytes: int) -> None:
+    outputs = [b"a" * (i % 4) for i in range(12)]
+    one, many = History(max_items, max_bytes), History(max_items, max_bytes)
+    keep = live()
+    one.add(keep)
+    many.add(keep)
+    exs = [finished(output=out) for out in outputs]
+    for ex in exs:
+        one.add(ex)
+        one.finished(ex)
+    batch = [finished(output=out) for out in outputs]
+    for ex in batch:
+        many.add(ex)
+    many.finished_all(batch)
+    assert [one.get(ex.id) is not None for ex in exs] == [many.get(ex.id) is not None for ex in batch]
+    assert len(one) == len(many) and many.get(keep.id) is keep
+    assert all(ex.input == b"" for ex in batch)
