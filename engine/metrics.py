@@ -1,20 +1,17 @@
 """Counters and a latency histogram, rendered in Prometheus text format.
 
-A finished execution is recorded by appending one tuple; the tuples are
-folded into the counters and histograms in batches (every ``FOLD_EVERY``
-executions, and whenever someone reads them).  Folding a batch at once keeps
-the counter dictionaries in cache, where one update per execution, between
-two HTTP requests, would find them cold every time.  Never a lock: all calls
-come from the event loop thread.
+Recording is a few integer additions into preallocated lists, done once per
+finished execution, in the coordinator's once-per-loop-turn accounting —
+never per routed event, never with a lock (all calls come from the event
+loop thread).  Readers go through ``before_read`` first, so what has ended
+but not been accounted yet is counted too.
 """
 from __future__ import annotations
 
 import bisect
 from typing import Callable, Mapping
 
-__all__ = ["Metrics", "BUCKETS_S", "FOLD_EVERY"]
-
-FOLD_EVERY = 256
+__all__ = ["Metrics", "BUCKETS_S"]
 
 BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -41,7 +38,6 @@ class Metrics:
     def __init__(self) -> None:
         self._executions: dict[tuple[str, str], int] = {}
         self._durations: dict[str, _Histogram] = {}
-        self._finished: list[tuple[str, str, float | None]] = []
         self.rejected: dict[str, int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.families: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
@@ -49,28 +45,18 @@ class Metrics:
         self.before_read: Callable[[], None] | None = None
 
     def execution_finished(self, task: str, state: str, duration_s: float | None) -> None:
-        finished = self._finished
-        finished.append((task, state, duration_s))
-        if len(finished) >= FOLD_EVERY:
-            self._fold()
-
-    def _fold(self) -> None:
-        finished, self._finished = self._finished, []
+        key = (task, state)
         executions = self._executions
-        durations = self._durations
-        for task, state, duration_s in finished:
-            key = (task, state)
-            executions[key] = executions.get(key, 0) + 1
-            if duration_s is not None:
-                hist = durations.get(task)
-                if hist is None:
-                    hist = durations[task] = _Histogram()
-                hist.observe(duration_s)
+        executions[key] = executions.get(key, 0) + 1
+        if duration_s is not None:
+            hist = self._durations.get(task)
+            if hist is None:
+                hist = self._durations[task] = _Histogram()
+            hist.observe(duration_s)
 
     def _read(self) -> None:
         if self.before_read is not None:
             self.before_read()
-        self._fold()
 
     @property
     def executions(self) -> dict[tuple[str, str], int]:

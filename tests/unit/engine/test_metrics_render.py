@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.metrics import BUCKETS_S, FOLD_EVERY, Metrics
+from engine.metrics import BUCKETS_S, Metrics
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 SAMPLE_RE = re.compile(rf"^({NAME})(?:\{{(.*)\}})? (\S+)$")
@@ -116,20 +116,16 @@ def test_executions_counted_by_task_and_state() -> None:
     ]
 
 
-@pytest.mark.parametrize("n", [1, FOLD_EVERY - 1, FOLD_EVERY, FOLD_EVERY + 1, 3 * FOLD_EVERY + 7])
-def test_batched_recording_loses_and_doubles_nothing(n: int) -> None:
-    """Executions are folded in batches; every read sees all of them exactly once."""
+def test_reading_accounts_what_has_ended_first() -> None:
+    """Readers call before_read (the coordinator settles what is pending) before they count."""
     m = Metrics()
-    for i in range(n):
-        m.execution_finished("t", "succeeded" if i % 3 else "failed", 0.0001 * (i % 7))
-        if i == n // 2:
-            m.render()  # a scrape in the middle of a batch
-    doc = parse(m.render())
-    counts = {labels["state"]: v for _, labels, v in doc["wasmyard_executions_total"].samples}
-    assert counts == {"failed": len(range(0, n, 3)), **({"succeeded": n - len(range(0, n, 3))} if n > 1 else {})}
-    count = next(v for name, _, v in doc["wasmyard_execution_duration_seconds"].samples if name.endswith("_count"))
-    assert count == n
-    assert m.executions[("t", "failed")] == len(range(0, n, 3))
+    pending = [("t", "succeeded", 0.001), ("t", "failed", None)]
+    m.before_read = lambda: [m.execution_finished(*p) for p in pending] and pending.clear()
+    assert m.executions == {("t", "succeeded"): 1, ("t", "failed"): 1}
+    pending.append(("u", "succeeded", 0.002))
+    counts = {labels["task"] + ":" + labels["state"]: v
+              for _, labels, v in parse(m.render())["wasmyard_executions_total"].samples}
+    assert counts == {"t:succeeded": 1, "t:failed": 1, "u:succeeded": 1}
 
 
 def test_histogram_is_cumulative_and_consistent() -> None:
