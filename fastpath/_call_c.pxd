@@ -68,5 +68,5 @@ cdef tuple _env_outputs(EnvJob *job)
 cdef void _free_env(EnvJob *job) noexcept
 cdef void _free_env_results(EnvJob *job) noexcept
 cdef object _bounded(object value, str what, object low, object high)
-cdef bytes _other_bytes(object data)
+cdef bytes _stdin_bytes(object stdin)
 cdef int _describe(object exc, size_t memory_size, int stage) except -1

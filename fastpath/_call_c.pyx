@@ -379,6 +379,16 @@ cdef bytes _other_bytes(object data):
     raise TypeError(f"expected bytes-like data, got {type(data).__name__}")
 
 
+cdef bytes _stdin_bytes(object stdin):
+    """A command's input as bytes of its own (a bytearray is copied: a worker
+    may read it after the caller changed it), or TypeError."""
+    if isinstance(stdin, bytes):
+        return stdin
+    if isinstance(stdin, bytearray):
+        return bytes(stdin)
+    return _other_bytes(stdin)
+
+
 # -- Export ------------------------------------------------------------------
 
 @cython.final
@@ -1022,12 +1032,7 @@ cdef tuple _fill_job(StartJob *job, object pre, object stdin, object stdout_path
     cdef Py_ssize_t i
     if not isinstance(pre, InstancePre):
         raise TypeError(f"expected a wasmtime.InstancePre, got {type(pre).__name__}")
-    if isinstance(stdin, bytes):
-        data = stdin
-    elif isinstance(stdin, bytearray):
-        data = bytes(stdin)
-    else:
-        data = _other_bytes(stdin)
+    data = _stdin_bytes(stdin)
     stdout = _path(stdout_path, "stdout_path") if paths else None
     stderr = _path(stderr_path, "stderr_path") if paths else None
     args = [_text(a, "argv item") for a in _items(argv, "argv")]

@@ -27,7 +27,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport read, write
 
 from fastpath._call_c cimport (EnvJob, _bounded, _describe, _env_outputs, _env_result, _forget_parked, _free_env,
-                               _free_env_results, _may_be_pending, _other_bytes, _pending_after, _prepare_env,
+                               _free_env_results, _may_be_pending, _stdin_bytes, _pending_after, _prepare_env,
                                _run_env_nogil)
 
 import os
@@ -231,12 +231,7 @@ cdef class CommandSpec:
         cdef CommandJob job
         try:
             key = _bounded(watch_key, "watch_key", 0, _UINT64_MAX)
-            if isinstance(stdin, bytes):
-                data = stdin
-            elif isinstance(stdin, bytearray):
-                data = bytes(stdin)
-            else:
-                data = _other_bytes(stdin)
+            data = _stdin_bytes(stdin)
         except BaseException as exc:
             _describe(exc, 0, 0)
             raise

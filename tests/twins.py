@@ -1,4 +1,4 @@
-"""The fastpath twins under test, and paths the tests share.
+"""The fastpath twins under test, and paths and helpers the tests share.
 
 A plain module rather than conftest.py: with several conftest.py files in the
 tree, ``from conftest import ...`` resolves to whichever was imported first.
@@ -6,8 +6,10 @@ tree, ``from conftest import ...`` resolves to whichever was imported first.
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
 import pytest
 
@@ -29,3 +31,22 @@ def twins(concept: str) -> list[ModuleType]:
 
 def twin_params(concept: str) -> list:
     return [pytest.param(m, id=m.__name__.rsplit(".", 1)[1]) for m in twins(concept)]
+
+
+def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
+    """What a command call did: ("ok", value) or ("raised", type, message,
+    trap code, memory_size, stage) — the fields the twins must agree on."""
+    try:
+        return ("ok", fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - the exception is the result
+        return ("raised", type(exc), str(exc), getattr(exc, "trap_code", None),
+                getattr(exc, "memory_size", "missing"), getattr(exc, "stage", "missing"))
+
+
+def run_in_threads(worker: Callable[[int], None], n: int) -> None:
+    """``worker(k)`` for k in range(n), each on a thread of its own, all at once; returns when all are done."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

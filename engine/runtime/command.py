@@ -132,14 +132,17 @@ def _outcome(task: CompiledTask, sink: host.Sink, watch: watchdog.Watch, result:
     return Outcome(output, error, sink, exit_code)
 
 
-def _job_args(task: CompiledTask, data: bytes, watch: watchdog.Watch | None) -> tuple:
-    """``run_command_env``'s arguments but the output files, for one execution of ``task``."""
+def _spec_args(task: CompiledTask) -> dict[str, Any]:
+    """What every execution of ``task`` passes to ``run_command_env`` (and a
+    ``CommandSpec`` takes): all but its input, its watch key and the output files."""
     manifest = task.manifest
     limits = manifest.limits
-    return (task.engine, task.pre, data, limits.max_output_bytes, MAX_STDERR_BYTES, limits.memory_bytes,
-            limits.fuel, watch.key if watch is not None else 0, watchdog.CALLBACK_ADDRESS, (manifest.name,),
-            manifest.permissions.env,
-            [(grant.host, grant.guest, grant.mode == "rw") for grant in manifest.permissions.dirs])
+    return {
+        "engine": task.engine, "pre": task.pre, "max_stdout": limits.max_output_bytes,
+        "max_stderr": MAX_STDERR_BYTES, "memory_limit": limits.memory_bytes, "fuel": limits.fuel,
+        "deadline_callback": watchdog.CALLBACK_ADDRESS, "argv": (manifest.name,), "env": manifest.permissions.env,
+        "preopens": [(grant.host, grant.guest, grant.mode == "rw") for grant in manifest.permissions.dirs],
+    }
 
 
 def run_command(
@@ -159,15 +162,16 @@ def run_command(
         max_out = limits.max_output_bytes
         stdout_fd = scratch.stdout_fd
         watch.arm(limits.timeout_s, lambda: os.fstat(stdout_fd).st_size > max_out)
-        engine, pre, data, *rest = _job_args(task, data, watch)
+        args = _spec_args(task)
         previous = host.enter(sink)
         try:
             # Store, limits, watchdog, WASI config, instance, _start and the
             # outputs in one call, without the GIL; the store is gone after it.
             return _outcome(
                 task, sink, watch,
-                lambda: fastpath.run_command_env(engine, pre, data, scratch.stdout, scratch.stderr, stdout_fd,
-                                                 scratch.stderr_fd, *rest),
+                lambda: fastpath.run_command_env(stdin=data, stdout_path=scratch.stdout, stderr_path=scratch.stderr,
+                                                 stdout_fd=stdout_fd, stderr_fd=scratch.stderr_fd,
+                                                 watch_key=watch.key, **args),
                 lambda: (_read_bounded(stdout_fd, max_out)[0], _read_bounded(scratch.stderr_fd, MAX_STDERR_BYTES)[0]),
             )
         except (wasmtime.Trap, wasmtime.WasmtimeError):
@@ -218,9 +222,7 @@ class CommandRunner:
             self._loop.add_reader(self._notify, self._drain)
         spec = self._specs.get(task)
         if spec is None:
-            engine, pre, _, *limits, _, deadline_callback, argv, env, preopens = _job_args(task, b"", None)
-            spec = self._specs[task] = fastpath.CommandSpec(engine, pre, *limits, deadline_callback, argv, env,
-                                                            preopens)
+            spec = self._specs[task] = fastpath.CommandSpec(**_spec_args(task))
         watch = self._spare_watches.pop() if self._spare_watches else watchdog.new_watch()
         try:
             job = spec.job(data, watch.key, sink if task.uses_host else None)

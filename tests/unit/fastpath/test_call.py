@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import wasmtime
-from twins import EXAMPLES, twin_params
+from twins import EXAMPLES, run_in_threads, twin_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -791,11 +791,7 @@ def test_concurrent_host_exceptions_stay_on_their_threads(twin: ModuleType, thre
             if got != expected:
                 failures.append((k, i, got))
 
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    run_in_threads(worker, threads)
     assert failures == []
     assert wasmtime._func.LAST_EXCEPTION is None
 

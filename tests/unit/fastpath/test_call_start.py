@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import pytest
 import wasmtime
 from guests import command_wasm, command_wat
-from twins import EXAMPLES, ROOT, twin_params
+from twins import EXAMPLES, ROOT, outcome, run_in_threads, twin_params
 
 from engine.runtime import watchdog  # the real deadline callback, as the runtime installs it
 
@@ -71,15 +71,6 @@ class Files:
 @pytest.fixture
 def files(tmp_path: Path) -> Files:
     return Files(tmp_path)
-
-
-def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
-    """("ok", status) or ("raised", type, message, trap code, memory_size, stage)."""
-    try:
-        return ("ok", fn(*args, **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - the exception is the result
-        return ("raised", type(exc), str(exc), getattr(exc, "trap_code", None),
-                getattr(exc, "memory_size", "missing"), getattr(exc, "stage", "missing"))
 
 
 def start(twin: ModuleType, pre: wasmtime.InstancePre, files: Files, stdin: Any = b"",
@@ -557,11 +548,7 @@ def test_concurrent_executions_keep_their_own_endings(twin: ModuleType, tmp_path
             if got != expected and not (expected is trapped and twin.__name__.endswith("_py") and got == lost):
                 failures.append((k, i, got))
 
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    run_in_threads(worker, threads)
     assert failures == []
     assert wasmtime._func.LAST_EXCEPTION is None
 
@@ -686,11 +673,7 @@ def test_one_store_after_another_on_one_thread_and_many(twin: ModuleType, tmp_pa
             if got != ("ok", 0) or mine.out() != data:
                 failures.append((k, i, got))
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     assert failures == []
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import wasmtime
 from guests import command_wasm
-from twins import twin_params
+from twins import outcome, twin_params
 
 from engine.runtime import watchdog
 
@@ -105,15 +105,6 @@ def job_args(pre: wasmtime.InstancePre, stdin: Any = b"", **changes: Any) -> dic
     return {"engine": ENGINE, "pre": pre, "stdin": stdin, "max_stdout": 1 << 20, "max_stderr": 1 << 16,
             "memory_limit": -1, "fuel": None, "watch_key": 0, "deadline_callback": watchdog.CALLBACK_ADDRESS,
             **changes}
-
-
-def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
-    """("ok", value) or ("raised", type, message, trap code, memory_size, stage)."""
-    try:
-        return ("ok", fn(*args, **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - the exception is the result
-        return ("raised", type(exc), str(exc), getattr(exc, "trap_code", None),
-                getattr(exc, "memory_size", "missing"), getattr(exc, "stage", "missing"))
 
 
 def agree(results: list[Any]) -> Any:
